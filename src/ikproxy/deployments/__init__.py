@@ -1,0 +1,47 @@
+"""Deployments: anything that turns a run request into an async stream of `Progress`.
+
+Two ship with ikproxy: `ScaleDeployment` (the async SCALE client, also
+exported as `ikproxy.Client`) and `LocalDeployment` (plain Python callables).
+The proxy core accepts any object that has this shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from ..io import InputLike
+from ..model import Progress, Results
+
+__all__ = ["Deployment"]
+
+
+@runtime_checkable
+class Deployment(Protocol):
+    """What the proxy core needs from a deployment.
+
+    `run_stream` is an async generator with this contract:
+
+    * its first item is yielded only once the upstream has accepted the run,
+      so a refusal (an unknown parameter, bad credentials, a dead upstream)
+      raises from the first `__anext__()`, before any response is committed;
+    * every item carries the same `run_id`; the last one carries `results`;
+    * a failed run raises a subclass of `ikproxy.errors.IkproxyError`;
+    * closing it (`aclose()`, cancellation) stops the run's work at once.
+    """
+
+    def run_stream(
+        self,
+        *inputs: InputLike,
+        parameters: Mapping[str, Any] | None = None,
+        task: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Progress]: ...
+
+    async def run(
+        self,
+        *inputs: InputLike,
+        parameters: Mapping[str, Any] | None = None,
+        task: str | None = None,
+        timeout: float | None = None,
+    ) -> Results: ...

@@ -1,0 +1,298 @@
+"""Typed run inputs and outputs, and their JSON wire form.
+
+On the wire (SCALE's and ours) every input or output is a one-key JSON object
+whose key names its kind: `{"image": "<base64>"}`, `{"storage_object": {...}}`,
+or any other key with JSON data (`{"object_detection": {...}}`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Union
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .model import Results
+
+__all__ = ["BaseIO", "ImageIO", "InputLike", "StorageObjectIO", "TaskIO", "as_inputs", "io_from_json"]
+
+# Magic numbers of the image formats a browser can show, checked in order.
+_SIGNATURES: tuple[tuple[bytes, int, str, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG", "image/png"),
+    (b"\xff\xd8\xff", 0, "JPEG", "image/jpeg"),
+    (b"GIF87a", 0, "GIF", "image/gif"),
+    (b"GIF89a", 0, "GIF", "image/gif"),
+    (b"BM", 0, "BMP", "image/bmp"),
+    (b"II*\x00", 0, "TIFF", "image/tiff"),
+    (b"MM\x00*", 0, "TIFF", "image/tiff"),
+    (b"\x00\x00\x01\x00", 0, "ICO", "image/x-icon"),
+)
+
+
+def _sniff(head: bytes) -> tuple[str, str] | None:
+    """Return (format, MIME type) read from an image's first bytes, or None."""
+    for magic, offset, fmt, mime in _SIGNATURES:
+        if head.startswith(magic, offset):
+            return fmt, mime
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP", "image/webp"
+    if head[4:8] == b"ftyp" and head[8:12] in {b"avif", b"avis"}:
+        return "AVIF", "image/avif"
+    return None
+
+
+class BaseIO:
+    """One run input or output. Subclasses define `kind`, the wire key."""
+
+    kind: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The one-key JSON object that stands for this value on the wire."""
+        raise NotImplementedError
+
+
+class ImageIO(BaseIO):
+    """An encoded image (PNG, JPEG, ...), carried as base64 on the wire.
+
+    Bytes and base64 are converted lazily and at most once, so a large result
+    that is only forwarded is never decoded.
+    """
+
+    kind: ClassVar[str] = "image"  # type: ignore[misc]
+    __slots__ = ("_b64", "_data")
+
+    def __init__(self, data: bytes | None = None, *, b64: str | None = None) -> None:
+        if (data is None) == (b64 is None):
+            raise TypeError("ImageIO needs exactly one of data= or b64=")
+        self._data = data
+        self._b64 = b64
+
+    # -- constructors ---------------------------------------------------------
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ImageIO:
+        """An image from its encoded file bytes."""
+        return cls(bytes(data))
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str]) -> ImageIO:
+        """An image read from a file."""
+        return cls(Path(path).read_bytes())
+
+    @classmethod
+    def from_pil(cls, image: Image.Image, format: str | None = None, **save_options: Any) -> ImageIO:
+        """An image encoded from a PIL image (PNG unless the image knows its format)."""
+        fmt = format or image.format or "PNG"
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **save_options)
+        return cls(buffer.getvalue())
+
+    @classmethod
+    def from_base64(cls, b64: str) -> ImageIO:
+        """An image from its base64 text, as found on the wire (decoded lazily)."""
+        if not isinstance(b64, str):
+            raise ValueError(f"image output must be a base64 string, not {type(b64).__name__}")
+        return cls(b64=b64)
+
+    # -- views ----------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The encoded image file bytes."""
+        if self._data is None:
+            assert self._b64 is not None
+            try:
+                self._data = base64.b64decode(self._b64, validate=True)
+            except binascii.Error as exc:
+                raise ValueError(f"image output is not valid base64: {exc}") from None
+        return self._data
+
+    def to_base64(self) -> str:
+        """The image bytes as base64 text."""
+        if self._b64 is None:
+            assert self._data is not None
+            self._b64 = base64.b64encode(self._data).decode("ascii")
+        return self._b64
+
+    def to_pil(self) -> Image.Image:
+        """The image decoded by Pillow."""
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(self.to_bytes()))
+        image.load()
+        return image
+
+    @property
+    def format(self) -> str | None:
+        """The image format sniffed from its bytes (`"PNG"`, `"JPEG"`, ...), or None."""
+        sniffed = self._sniff()
+        return sniffed[0] if sniffed else None
+
+    @property
+    def mime_type(self) -> str:
+        """The MIME type sniffed from the bytes; `application/octet-stream` if unknown."""
+        sniffed = self._sniff()
+        return sniffed[1] if sniffed else "application/octet-stream"
+
+    @property
+    def data_url(self) -> str:
+        """A `data:image/...;base64,...` URL, ready for `<img src>`."""
+        sniffed = self._sniff()
+        if sniffed is None:
+            raise ValueError("image output is not in a format a browser can show")
+        return f"data:{sniffed[1]};base64,{self.to_base64()}"
+
+    def _sniff(self) -> tuple[str, str] | None:
+        if self._data is not None:
+            head = self._data[:16]
+        else:
+            assert self._b64 is not None
+            try:
+                head = base64.b64decode(self._b64[:24])
+            except binascii.Error:
+                return None
+        sniffed = _sniff(head)
+        if sniffed is None and self._data is not None:
+            sniffed = _sniff_with_pillow(self._data)
+        return sniffed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image": self.to_base64()}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ImageIO):
+            return NotImplemented
+        return self.to_bytes() == other.to_bytes()
+
+    def __hash__(self) -> int:
+        return hash(self.to_bytes())
+
+    def __repr__(self) -> str:
+        size = len(self._data) if self._data is not None else len(self._b64 or "") * 3 // 4
+        return f"<ImageIO {self.format or 'unknown'} ~{size} bytes>"
+
+
+def _sniff_with_pillow(data: bytes) -> tuple[str, str] | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt = image.format
+    except (UnidentifiedImageError, OSError):
+        return None
+    mime = Image.MIME.get(fmt) if fmt else None
+    return (fmt, mime) if fmt and mime else None
+
+
+class StorageObjectIO(BaseIO):
+    """A file held in SCALE storage: `{"storage_object": {"url": ..., "data_type": ...}}`."""
+
+    kind: ClassVar[str] = "storage_object"  # type: ignore[misc]
+    __slots__ = ("data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"storage_object must be a JSON object, not {type(data).__name__}")
+        self.data = dict(data)
+
+    @property
+    def url(self) -> str | None:
+        url = self.data.get("url")
+        return url if isinstance(url, str) else None
+
+    @property
+    def data_type(self) -> str | None:
+        data_type = self.data.get("data_type")
+        return data_type if isinstance(data_type, str) else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"storage_object": self.data}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StorageObjectIO):
+            return NotImplemented
+        return self.data == other.data
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StorageObjectIO({self.data!r})"
+
+
+class TaskIO(BaseIO):
+    """Any other output: a kind (the wire key, e.g. `object_detection`) and its JSON data."""
+
+    __slots__ = ("data", "kind")
+
+    def __init__(self, kind: str, data: Any) -> None:
+        if not isinstance(kind, str) or not kind:
+            raise ValueError("a task output's kind must be a non-empty string")
+        self.kind = kind
+        self.data = data
+
+    def to_json(self) -> dict[str, Any]:
+        return {self.kind: self.data}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TaskIO):
+            return NotImplemented
+        return (self.kind, self.data) == (other.kind, other.data)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"TaskIO({self.kind!r}, {self.data!r})"
+
+
+def io_from_json(obj: Any) -> BaseIO:
+    """The typed value for a one-key wire object; `ValueError` if it is not one."""
+    if not isinstance(obj, Mapping) or len(obj) != 1:
+        raise ValueError("an input or output must be a JSON object with exactly one key (its kind)")
+    ((kind, data),) = obj.items()
+    if kind == "image":
+        return ImageIO.from_base64(data)
+    if kind == "storage_object":
+        return StorageObjectIO(data)
+    return TaskIO(kind, data)
+
+
+InputLike = Union[str, "os.PathLike[str]", bytes, "Image.Image", BaseIO, "Results", Mapping[str, Any]]
+"""What a run accepts as an input: a path, image bytes, a PIL image, a typed IO,
+a previous run's `Results` (to chain runs), or a raw one-key wire object."""
+
+
+def as_inputs(*inputs: InputLike) -> list[BaseIO]:
+    """Normalise run inputs to typed IO values, in order."""
+    from .model import Results
+
+    out: list[BaseIO] = []
+    for value in inputs:
+        if isinstance(value, BaseIO):
+            out.append(value)
+        elif isinstance(value, Results):
+            out.extend(value.get_outputs())
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            out.append(ImageIO.from_bytes(bytes(value)))
+        elif isinstance(value, (str, os.PathLike)):
+            out.append(ImageIO.from_path(value))
+        elif isinstance(value, Mapping):
+            out.append(io_from_json(value))
+        elif _is_pil_image(value):
+            out.append(ImageIO.from_pil(value))
+        else:
+            raise TypeError(
+                f"unsupported input of type {type(value).__name__}: expected a path, bytes, "
+                "a PIL image, an ImageIO, a Results or a one-key dict"
+            )
+    return out
+
+
+def _is_pil_image(value: object) -> bool:
+    from PIL import Image
+
+    return isinstance(value, Image.Image)
