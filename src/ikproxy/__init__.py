@@ -8,6 +8,7 @@ stays on the server.
 from __future__ import annotations
 
 from .__about__ import __version__
+from .deployments.scale import Client, SyncClient
 from .errors import (
     AuthenticationFailed,
     IkproxyError,
@@ -27,6 +28,7 @@ from .model import Progress, Results, State
 __all__ = [
     "AuthenticationFailed",
     "BaseIO",
+    "Client",
     "IkproxyError",
     "ImageIO",
     "IncompleteStream",
@@ -37,6 +39,7 @@ __all__ = [
     "State",
     "StorageObjectIO",
     "StreamError",
+    "SyncClient",
     "TaskIO",
     "UpstreamConnectionError",
     "UpstreamError",

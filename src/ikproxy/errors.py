@@ -78,11 +78,20 @@ class WorkflowFailed(UpstreamError):
 class StreamError(IkproxyError):
     """A stream ended with an `error` event: its code, safe message and request id."""
 
-    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        request_id: str | None = None,
+        *,
+        status_code: int | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}" + (f" (request {request_id})" if request_id else ""))
         self.code = code
         self.message = message
         self.request_id = request_id
+        #: The HTTP status when the error came as a response before any stream.
+        self.status_code = status_code
 
 
 class IncompleteStream(IkproxyError):

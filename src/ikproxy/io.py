@@ -20,7 +20,15 @@ if TYPE_CHECKING:
 
     from .model import Results
 
-__all__ = ["BaseIO", "ImageIO", "InputLike", "StorageObjectIO", "TaskIO", "as_inputs", "io_from_json"]
+__all__ = [
+    "BaseIO",
+    "ImageIO",
+    "InputLike",
+    "StorageObjectIO",
+    "TaskIO",
+    "as_inputs",
+    "io_from_json",
+]
 
 # Magic numbers of the image formats a browser can show, checked in order.
 _SIGNATURES: tuple[tuple[bytes, int, str, str], ...] = (
@@ -86,7 +94,9 @@ class ImageIO(BaseIO):
         return cls(Path(path).read_bytes())
 
     @classmethod
-    def from_pil(cls, image: Image.Image, format: str | None = None, **save_options: Any) -> ImageIO:
+    def from_pil(
+        cls, image: Image.Image, format: str | None = None, **save_options: Any
+    ) -> ImageIO:
         """An image encoded from a PIL image (PNG unless the image knows its format)."""
         fmt = format or image.format or "PNG"
         buffer = io.BytesIO()
@@ -261,7 +271,9 @@ def io_from_json(obj: Any) -> BaseIO:
     return TaskIO(kind, data)
 
 
-InputLike = Union[str, "os.PathLike[str]", bytes, "Image.Image", BaseIO, "Results", Mapping[str, Any]]
+InputLike = Union[
+    str, "os.PathLike[str]", bytes, "Image.Image", BaseIO, "Results", Mapping[str, Any]
+]
 """What a run accepts as an input: a path, image bytes, a PIL image, a typed IO,
 a previous run's `Results` (to chain runs), or a raw one-key wire object."""
 

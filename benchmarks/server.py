@@ -1,0 +1,204 @@
+"""ikproxy's streaming response against sse-starlette, under one uvicorn worker, in one run.
+
+    ./dev bench server            # or: .venv/bin/python benchmarks/server.py [--quick]
+
+Each peer gets a fresh server process per measurement. Printed side by side:
+events/s for one stream of 100k events, time to first event, one 20 MiB
+result event end to end, and 500 concurrent streams of one event per second
+for 20 s (server RSS growth per stream, server CPU seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+PEERS = ("ours", "peer")
+NAMES = {"ours": "ikproxy", "peer": "sse-starlette"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _server() -> Iterator[tuple[str, int]]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "_server_app:app",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--limit-concurrency",
+            "2000",
+            "--backlog",
+            "2048",
+        ],
+        cwd=HERE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client() as http:
+            for _ in range(200):
+                try:
+                    http.get(url + "/health")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+        yield url, proc.pid
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _rss_kib(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"VmRSS:\s+(\d+) kB", text)
+    return int(match.group(1)) if match else 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _stream(url: str) -> tuple[float, float, int]:
+    """(time to first event, total time, bytes) for one stream."""
+    start = time.perf_counter()
+    first = None
+    size = 0
+    async with httpx.AsyncClient(timeout=None) as http, http.stream("GET", url) as response:
+        async for chunk in response.aiter_raw():
+            if first is None and b"event:" in chunk:
+                first = time.perf_counter() - start
+            size += len(chunk)
+    return first or 0.0, time.perf_counter() - start, size
+
+
+def bench_many(n: int, repeats: int) -> dict[str, tuple[float, float]]:
+    out = {}
+    for peer in PEERS:
+        with _server() as (url, _):
+            runs = [asyncio.run(_stream(f"{url}/{peer}/many?n={n}")) for _ in range(repeats)]
+        out[peer] = (n / min(r[1] for r in runs), min(r[0] for r in runs))
+    return out
+
+
+def bench_ttfe(repeats: int) -> dict[str, float]:
+    out = {}
+    for peer in PEERS:
+        with _server() as (url, _):
+            asyncio.run(_stream(f"{url}/{peer}/many?n=1"))  # warm up
+            runs = sorted(asyncio.run(_stream(f"{url}/{peer}/many?n=1"))[0] for _ in range(repeats))
+        out[peer] = runs[len(runs) // 2]
+    return out
+
+
+def bench_big(mb: int, repeats: int) -> dict[str, float]:
+    out = {}
+    for peer in PEERS:
+        with _server() as (url, _):
+            out[peer] = min(
+                asyncio.run(_stream(f"{url}/{peer}/big?n={mb}"))[1] for _ in range(repeats)
+            )
+    return out
+
+
+async def _many_streams(url: str, count: int, seconds: int, pid: int) -> tuple[float, float]:
+    limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=None, limits=limits) as http:
+        opened = 0
+        first_events = asyncio.Event()
+
+        async def one() -> None:
+            nonlocal opened
+            async with http.stream("GET", url) as response:
+                async for chunk in response.aiter_raw():
+                    if b"event:" in chunk:
+                        opened += 1
+                        if opened == count:
+                            first_events.set()
+
+        base_rss = _rss_kib(pid)
+        base_cpu = _cpu_seconds(pid)
+        tasks = [asyncio.create_task(one()) for _ in range(count)]
+        await asyncio.wait_for(first_events.wait(), 60)
+        await asyncio.sleep(seconds * 0.75)
+        peak_rss = _rss_kib(pid)
+        await asyncio.gather(*tasks)
+        cpu = _cpu_seconds(pid) - base_cpu
+    return (peak_rss - base_rss) / count, cpu
+
+
+def bench_concurrent(count: int, seconds: int) -> dict[str, tuple[float, float]]:
+    out = {}
+    for peer in PEERS:
+        with _server() as (url, pid):
+            asyncio.run(_stream(f"{url}/{peer}/many?n=10"))  # warm up imports and caches
+            out[peer] = asyncio.run(
+                _many_streams(f"{url}/{peer}/tick?n={seconds}", count, seconds, pid)
+            )
+    return out
+
+
+def _row(
+    label: str, ours: float, peer: float, unit: str, better: str, target: float | None
+) -> None:
+    ratio = ours / peer if better == "higher" else peer / ours
+    verdict = "" if target is None else ("PASS" if ratio >= target else "FAIL")
+    goal = "" if target is None else f">= {target:g}x"
+    print(f"{label:<44} {ours:>12.3f} {peer:>14.3f} {unit:<9} {ratio:>6.2f}x {goal:<8} {verdict}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = parser.parse_args()
+    n, mb, count, seconds = (10_000, 4, 50, 5) if args.quick else (100_000, 20, 500, 20)
+
+    print(f"{'':<44} {'ikproxy':>12} {'sse-starlette':>14} {'unit':<9} {'ratio':>7} target")
+    many = bench_many(n, 3)
+    _row(f"one stream of {n:,} events", many["ours"][0], many["peer"][0], "events/s", "higher", 1.5)
+    ttfe = bench_ttfe(9)
+    _row("time to first event (median)", ttfe["ours"] * 1e3, ttfe["peer"] * 1e3, "ms", "lower", 1.0)
+    big = bench_big(mb, 3)
+    _row(f"one {mb} MiB result event, end to end", big["ours"], big["peer"], "s", "lower", 1.5)
+    conc = bench_concurrent(count, seconds)
+    print(f"{count} concurrent streams, one event/s for {seconds} s:")
+    ours_kib, peer_kib = conc["ours"][0], conc["peer"][0]
+    print(
+        f"{'  server RSS growth per stream':<44} {ours_kib:>12.1f} {peer_kib:>14.1f} KiB"
+        f"       target <= 30 KiB  {'PASS' if ours_kib <= 30 else 'FAIL'}"
+    )
+    _row("  server CPU", conc["ours"][1], conc["peer"][1], "s", "lower", 2.0)
+
+
+if __name__ == "__main__":
+    main()

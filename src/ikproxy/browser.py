@@ -1,0 +1,257 @@
+"""Read an ikproxy stream back into `Results`, from Python (the browser module's twin).
+
+    async with httpx.AsyncClient() as http:
+        async with http.stream("GET", url, params={"prompt": "a cat"}) as response:
+            results = await process_streaming_response(response, on_progress=print)
+
+Each `progress` (and the final `result`) is passed to `on_progress`; an
+`error` event raises `StreamError`; a stream that ends without a terminal
+event raises `IncompleteStream`. Every function has a `_sync` twin.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+from .codecs.ndjson import NDJSONDecoder, NDJSONError
+from .codecs.sse import SSEDecoder, SSEError
+from .errors import IncompleteStream, StreamError
+from .model import Progress, Results
+from .protocol import ERROR, KEEPALIVE, PROGRESS, RESULT
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "OnProgress",
+    "process_json_stream",
+    "process_json_stream_sync",
+    "process_readable_stream",
+    "process_readable_stream_sync",
+    "process_streaming_response",
+    "process_streaming_response_sync",
+]
+
+OnProgress = Callable[[Progress], Union[Awaitable[None], None]]
+Format = Literal["sse", "ndjson"]
+
+
+class _Reader:
+    """Sans-I/O: wire bytes (or NDJSON objects) in, progress and a final outcome out."""
+
+    def __init__(self, format: Format | None = None) -> None:
+        self.format = format
+        self._sse = SSEDecoder()
+        self._ndjson = NDJSONDecoder()
+        self.results: Results | None = None
+
+    def feed(self, chunk: bytes) -> list[Progress]:
+        if self.format is None:
+            stripped = chunk.lstrip()
+            if not stripped:
+                return []
+            self.format = "ndjson" if stripped[:1] in (b"{", b"[") else "sse"
+        return self._decode(chunk, final=False)
+
+    def close(self) -> list[Progress]:
+        if self.format is None:
+            return []
+        return self._decode(b"", final=True)
+
+    def _decode(self, chunk: bytes, final: bool) -> list[Progress]:
+        out: list[Progress] = []
+        try:
+            if self.format == "sse":
+                events = self._sse.close() if final else self._sse.feed(chunk)
+                for event in events:
+                    out.extend(self.message(event.event, _loads(event.data)))
+            else:
+                values = self._ndjson.close() if final else self._ndjson.feed(chunk)
+                for value in values:
+                    out.extend(self.object(value))
+        except (SSEError, NDJSONError) as exc:
+            raise StreamError("invalid_stream", f"malformed stream: {exc}") from None
+        return out
+
+    def object(self, value: Any) -> list[Progress]:
+        """One NDJSON wire object (with its `type`)."""
+        if not isinstance(value, Mapping):
+            raise StreamError("invalid_stream", "malformed stream: a line is not a JSON object")
+        return self.message(value.get("type"), value)
+
+    def message(self, kind: Any, data: Any) -> list[Progress]:
+        if self.results is not None or kind == KEEPALIVE:
+            return []
+        if kind == ERROR:
+            if not isinstance(data, Mapping):
+                raise StreamError(
+                    "invalid_stream", "malformed stream: error event is not an object"
+                )
+            raise StreamError(
+                str(data.get("code") or "internal"),
+                str(data.get("message") or "The run failed."),
+                data.get("request_id") if isinstance(data.get("request_id"), str) else None,
+            )
+        if kind not in (PROGRESS, RESULT):
+            return []  # unknown event types are for later protocol versions
+        try:
+            progress = Progress.from_json(data)
+        except ValueError as exc:
+            raise StreamError("invalid_stream", f"malformed stream: {exc}") from None
+        if kind == RESULT:
+            if progress.results is None:
+                raise StreamError(
+                    "invalid_stream", "malformed stream: result event without results"
+                )
+            self.results = progress.results
+        return [progress]
+
+    def outcome(self) -> Results:
+        if self.results is None:
+            raise IncompleteStream("the stream ended without a result or error event")
+        return self.results
+
+
+def _loads(data: str) -> Any:
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError:
+        raise StreamError("invalid_stream", "malformed stream: event data is not JSON") from None
+
+
+async def _notify(on_progress: OnProgress | None, items: list[Progress]) -> None:
+    if on_progress is None:
+        return
+    for item in items:
+        outcome = on_progress(item)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+
+def _notify_sync(on_progress: OnProgress | None, items: list[Progress]) -> None:
+    if on_progress is None:
+        return
+    for item in items:
+        outcome = on_progress(item)
+        if inspect.isawaitable(outcome):
+            raise TypeError("the sync consumers need a sync on_progress callback")
+
+
+async def process_readable_stream(
+    chunks: AsyncIterable[bytes] | Iterable[bytes],
+    on_progress: OnProgress | None = None,
+    *,
+    format: Format | None = None,
+) -> Results:
+    """Consume wire bytes (SSE, or NDJSON when the first byte is `{`) into `Results`."""
+    reader = _Reader(format)
+    if isinstance(chunks, AsyncIterable):
+        async for chunk in chunks:
+            await _notify(on_progress, reader.feed(chunk))
+            if reader.results is not None:
+                return reader.results
+    else:
+        for chunk in chunks:
+            await _notify(on_progress, reader.feed(chunk))
+            if reader.results is not None:
+                return reader.results
+    await _notify(on_progress, reader.close())
+    return reader.outcome()
+
+
+def process_readable_stream_sync(
+    chunks: Iterable[bytes], on_progress: OnProgress | None = None, *, format: Format | None = None
+) -> Results:
+    """The sync twin of `process_readable_stream`."""
+    reader = _Reader(format)
+    for chunk in chunks:
+        _notify_sync(on_progress, reader.feed(chunk))
+        if reader.results is not None:
+            return reader.results
+    _notify_sync(on_progress, reader.close())
+    return reader.outcome()
+
+
+async def process_json_stream(
+    source: bytes | AsyncIterable[bytes] | Iterable[bytes] | Iterable[Mapping[str, Any]],
+    on_progress: OnProgress | None = None,
+) -> Results:
+    """Consume an NDJSON stream (bytes, byte chunks, or already-parsed objects)."""
+    if isinstance(source, bytes):
+        source = [source]
+    if isinstance(source, AsyncIterable):
+        return await process_readable_stream(source, on_progress, format="ndjson")
+    reader = _Reader("ndjson")
+    for item in source:
+        items = reader.feed(item) if isinstance(item, bytes) else reader.object(item)
+        await _notify(on_progress, items)
+        if reader.results is not None:
+            return reader.results
+    await _notify(on_progress, reader.close())
+    return reader.outcome()
+
+
+def process_json_stream_sync(
+    source: bytes | Iterable[bytes] | Iterable[Mapping[str, Any]],
+    on_progress: OnProgress | None = None,
+) -> Results:
+    """The sync twin of `process_json_stream`."""
+    if isinstance(source, bytes):
+        source = [source]
+    reader = _Reader("ndjson")
+    for item in source:
+        items = reader.feed(item) if isinstance(item, bytes) else reader.object(item)
+        _notify_sync(on_progress, items)
+        if reader.results is not None:
+            return reader.results
+    _notify_sync(on_progress, reader.close())
+    return reader.outcome()
+
+
+def _format_of(response: httpx.Response) -> Format | None:
+    content_type = response.headers.get("content-type", "")
+    if "ndjson" in content_type:
+        return "ndjson"
+    if "event-stream" in content_type:
+        return "sse"
+    return None
+
+
+def _http_error(response: httpx.Response, body: bytes) -> StreamError:
+    try:
+        error = json.loads(body)["error"]
+        code, message = str(error["code"]), str(error["message"])
+        request_id = error.get("request_id")
+    except (ValueError, KeyError, TypeError):
+        code, message, request_id = "http_error", f"HTTP {response.status_code}", None
+    request_id = request_id if isinstance(request_id, str) else None
+    return StreamError(code, message, request_id, status_code=response.status_code)
+
+
+async def process_streaming_response(
+    response: httpx.Response, on_progress: OnProgress | None = None
+) -> Results:
+    """Consume an `httpx` streaming response from an ikproxy endpoint into `Results`.
+
+    An HTTP error status raises `StreamError` with the body's error code and
+    message (and `.status_code`).
+    """
+    if response.status_code >= 400:
+        raise _http_error(response, await response.aread())
+    return await process_readable_stream(
+        response.aiter_bytes(), on_progress, format=_format_of(response)
+    )
+
+
+def process_streaming_response_sync(
+    response: httpx.Response, on_progress: OnProgress | None = None
+) -> Results:
+    """The sync twin of `process_streaming_response`, for `httpx.Client` responses."""
+    if response.status_code >= 400:
+        raise _http_error(response, response.read())
+    return process_readable_stream_sync(
+        response.iter_bytes(), on_progress, format=_format_of(response)
+    )

@@ -1,0 +1,435 @@
+"""The async Ikomia SCALE client: run a deployment and stream its progress.
+
+    async with Client("https://xyz.scale.ikomia.ai") as client:   # token from IKOMIA_TOKEN
+        async for progress in client.run_stream("photo.jpg", parameters={"strength": 0.5}):
+            print(progress.state, progress.eta)
+        results = progress.results
+
+It speaks the SCALE protocol exactly, as the official `ikomia-client` does: the API token
+is exchanged for a short-lived JWT, the run is submitted with `PUT /api/run`, and
+its results are polled at the pace the deployment advises. `SyncClient` is the
+same for scripts and threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import threading
+import uuid as uuid_module
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import aclosing
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import quote
+
+import anyio
+import httpx
+from anyio.from_thread import BlockingPortal
+
+from .._portal import PortalThread, iterate
+from ..errors import (
+    RunTimeout,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamTimeout,
+)
+from ..io import InputLike, as_inputs
+from ..model import Progress, Results
+from ._scale_http import USER_AGENT, ScaleHTTP
+from ._scale_protocol import (
+    MAX_POLLS,
+    Answer,
+    OutputSpec,
+    Workflow,
+    encode_parameters,
+    parse_poll_answer,
+    parse_run_answer,
+    run_body,
+    scale_poll_schedule,
+)
+
+__all__ = [
+    "DEFAULT_API_URL",
+    "DEFAULT_HTTP_TIMEOUT",
+    "USER_AGENT",
+    "Client",
+    "OutputSpec",
+    "ScaleDeployment",
+    "SyncClient",
+    "scale_poll_schedule",
+]
+
+logger = logging.getLogger("ikproxy.deployments.scale")
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+DEFAULT_API_URL = "https://scale.ikomia.ai"
+DEFAULT_HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+"""Per request; a long poll is held open by the deployment well within it."""
+
+RETRIED_STATUSES = frozenset({502, 503, 504})
+"""Poll answers that mean "try again": a gateway or an overloaded deployment."""
+
+MAX_RETRY_DELAY = 10.0
+
+
+class Client:
+    """An async client for one Ikomia SCALE deployment endpoint (a `Deployment`).
+
+    `url` is the endpoint URL. The API token defaults to the `IKOMIA_TOKEN`
+    environment variable and the SCALE API URL (where the token is exchanged for
+    a JWT) to `IKOMIA_URL`, else `https://scale.ikomia.ai`. `timeout` is the
+    default overall deadline of a run in seconds (None: none); `http_timeout`
+    bounds each request. Polls that fail on the network or with HTTP 502/503/504
+    are retried `max_retries` times, waiting `retry_backoff` s, then twice that,
+    and so on (capped at 10 s). Nothing else is retried: a run is never submitted
+    twice. `poll_schedule(n)` gives the seconds to wait before poll `n` when the
+    deployment gives no advice.
+
+    One pooled HTTP connection set per client, opened on first use: share a
+    client between runs, within one event loop, and close it with `aclose()` or
+    `async with`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        api_url: str | None = None,
+        timeout: float | None = None,
+        http_timeout: httpx.Timeout | float = DEFAULT_HTTP_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_retries: int = 3,
+        retry_backoff: float = 0.5,
+        poll_schedule: Callable[[int], float] = scale_poll_schedule,
+    ) -> None:
+        token = token if token is not None else os.environ.get("IKOMIA_TOKEN")
+        if not token:
+            raise ValueError(
+                "no SCALE API token: pass token= or set the IKOMIA_TOKEN environment variable"
+            )
+        api_url = api_url if api_url is not None else os.environ.get("IKOMIA_URL", DEFAULT_API_URL)
+        _check_url(url, "url")
+        _check_url(api_url, "api_url")
+        _check_timeout(timeout)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0, not {max_retries!r}")
+        if not (retry_backoff >= 0 and math.isfinite(retry_backoff)):
+            raise ValueError(
+                f"retry_backoff must be a number of seconds >= 0, not {retry_backoff!r}"
+            )
+        if not isinstance(http_timeout, httpx.Timeout):
+            http_timeout = httpx.Timeout(http_timeout)
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.poll_schedule = poll_schedule
+        self._http = ScaleHTTP(url, api_url, token, timeout=http_timeout, transport=transport)
+        self._workflow: Workflow | None = None
+        self._workflow_lock = anyio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} for a SCALE deployment>"  # no URL, no token
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections. The client cannot run anything afterwards."""
+        await self._http.aclose()
+
+    # -- runs -----------------------------------------------------------------
+
+    async def run(
+        self,
+        *inputs: InputLike,
+        parameters: Mapping[str, Any] | None = None,
+        task: str | None = None,
+        task_index: int | None = None,
+        outputs: Sequence[OutputSpec] | None = None,
+        timeout: float | None = None,
+    ) -> Results:
+        """Run the deployment and return its results (see `run_stream`)."""
+        stream = self.run_stream(
+            *inputs,
+            parameters=parameters,
+            task=task,
+            task_index=task_index,
+            outputs=outputs,
+            timeout=timeout,
+        )
+        async with aclosing(stream):
+            async for progress in stream:
+                if progress.results is not None:
+                    return progress.results
+        raise AssertionError("unreachable: a run stream ends with its results or raises")
+
+    async def run_stream(
+        self,
+        *inputs: InputLike,
+        parameters: Mapping[str, Any] | None = None,
+        task: str | None = None,
+        task_index: int | None = None,
+        outputs: Sequence[OutputSpec] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[Progress, None]:
+        """Run the deployment, yielding its progress; the last item carries the results.
+
+        `inputs`: paths, image bytes, PIL images, `ImageIO`s, a previous `Results`
+        (to chain runs) or raw one-key wire dicts. `parameters` go to the run's
+        task, checked against the workflow (`InvalidParameter` names the valid
+        ones) and sent as strings (bools as "true"/"false"). `task` picks a task by
+        name, `task_index` among several of that name (default: the workflow's
+        first final task). `outputs` lists what to return: output indexes of the
+        task, task names (all their outputs) or `(task name, output index)` pairs;
+        by default all outputs of the task. `timeout` overrides the client's
+        overall deadline (`RunTimeout`).
+
+        The first item comes once the deployment accepted the run, so a refusal
+        raises from the first `__anext__()`. Closing the generator stops polling.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        _check_timeout(timeout)
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        limit = _Limit(deadline, timeout)
+        run_id = uuid_module.uuid4().hex
+
+        values = as_inputs(*inputs)
+        workflow = await limit.run(self._get_workflow)
+        target = workflow.resolve(task, task_index)
+        body = run_body(
+            values,
+            workflow.outputs(target, outputs),
+            target,
+            encode_parameters(target, parameters),
+        )
+        _, raw = await limit.run(
+            self._http.request,
+            "PUT",
+            "/api/run",
+            "the run request",
+            params={"advice": "true"},
+            body=body,
+        )
+        answer = parse_run_answer(raw)
+        uuid = answer.uuid
+        assert uuid is not None
+        logger.debug("run %s accepted as %s", run_id, uuid)
+
+        def progress(answer: Answer, results: Results | None = None) -> Progress:
+            return Progress(
+                state=answer.state,
+                eta=answer.eta,
+                run_id=run_id,
+                uuid=uuid,
+                name=target.name,
+                results=results,
+            )
+
+        yield progress(answer)
+        polls = 0
+        while True:
+            if answer.next_poll_in is not None:
+                delay, long = answer.next_poll_in, answer.next_poll_long
+            elif polls >= MAX_POLLS:
+                raise UpstreamError(f"the deployment gave no results after {MAX_POLLS} polls")
+            else:
+                delay, long = self.poll_schedule(polls), False
+            await limit.run(anyio.sleep, delay)
+            answer = await self._poll(uuid, long, limit)
+            polls += 1
+            if answer.outputs is not None:
+                yield progress(answer, Results(outputs=answer.outputs, uuid=uuid))
+                return
+            yield progress(answer)
+
+    async def _poll(self, uuid: str, long: bool, limit: _Limit) -> Answer:
+        """One poll, retried with backoff on network errors and HTTP 502/503/504."""
+        path = "/api/results/" + quote(uuid, safe="")
+        params = {"advice": "true", "long": "true" if long else "false"}
+        failures = 0
+        while True:
+            try:
+                status, raw = await limit.run(
+                    self._http.request, "GET", path, "the poll", params=params
+                )
+                return parse_poll_answer(status, raw)
+            except (UpstreamConnectionError, UpstreamTimeout, UpstreamHTTPError) as exc:
+                retryable = (
+                    not isinstance(exc, UpstreamHTTPError) or exc.status_code in RETRIED_STATUSES
+                )
+                if not retryable or failures >= self.max_retries:
+                    raise
+                delay = min(self.retry_backoff * 2**failures, MAX_RETRY_DELAY)
+                failures += 1
+                logger.debug("poll failed (%s); retry %d in %.3f s", exc.message, failures, delay)
+            await limit.run(anyio.sleep, delay)
+
+    async def _get_workflow(self) -> Workflow:
+        """`GET /workflow`, fetched once per client (concurrent first runs share it)."""
+        if self._workflow is None:
+            async with self._workflow_lock:
+                if self._workflow is None:
+                    _, raw = await self._http.request("GET", "/workflow", "the workflow request")
+                    self._workflow = Workflow.from_json(raw)
+        return self._workflow
+
+
+ScaleDeployment = Client
+"""The SCALE client under its `Deployment` name."""
+
+
+class SyncClient:
+    """The blocking twin of `Client`, for scripts and worker threads.
+
+    Same arguments and methods, without `await`. Runs happen in an event loop
+    of its own, in a daemon thread started on first use and stopped by `close()`
+    (or `with SyncClient(...) as client:`). Safe to share between threads; do
+    not call it from inside an event loop (use `Client` there).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        api_url: str | None = None,
+        timeout: float | None = None,
+        http_timeout: httpx.Timeout | float = DEFAULT_HTTP_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_retries: int = 3,
+        retry_backoff: float = 0.5,
+        poll_schedule: Callable[[int], float] = scale_poll_schedule,
+    ) -> None:
+        self._client = Client(
+            url,
+            token,
+            api_url=api_url,
+            timeout=timeout,
+            http_timeout=http_timeout,
+            transport=transport,
+            max_retries=max_retries,
+            retry_backoff=retry_backoff,
+            poll_schedule=poll_schedule,
+        )
+        self._lock = threading.Lock()
+        self._loop: PortalThread | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} for a SCALE deployment>"
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP connections and stop the loop thread."""
+        with self._lock:
+            loop, self._loop, self._closed = self._loop, None, True
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if loop is not None:
+            loop.stop(self._client.aclose)
+
+    def _portal(self) -> BlockingPortal:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this client is closed")
+            if self._loop is None:
+                self._loop = PortalThread("ikproxy-sync-client")
+                self._finalizer = weakref.finalize(self, self._loop.stop_soon, self._client.aclose)
+            return self._loop.portal
+
+    def run(
+        self,
+        *inputs: InputLike,
+        parameters: Mapping[str, Any] | None = None,
+        task: str | None = None,
+        task_index: int | None = None,
+        outputs: Sequence[OutputSpec] | None = None,
+        timeout: float | None = None,
+    ) -> Results:
+        """Run the deployment and return its results (see `Client.run_stream`)."""
+        call = functools.partial(
+            self._client.run,
+            *inputs,
+            parameters=parameters,
+            task=task,
+            task_index=task_index,
+            outputs=outputs,
+            timeout=timeout,
+        )
+        results: Results = self._portal().call(call)
+        return results
+
+    def run_stream(
+        self,
+        *inputs: InputLike,
+        parameters: Mapping[str, Any] | None = None,
+        task: str | None = None,
+        task_index: int | None = None,
+        outputs: Sequence[OutputSpec] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Progress]:
+        """Run the deployment, yielding its progress (see `Client.run_stream`).
+
+        Closing the iterator (`close()`, or leaving a `for` loop early and
+        dropping it) stops the run's polling.
+        """
+        stream = self._client.run_stream(
+            *inputs,
+            parameters=parameters,
+            task=task,
+            task_index=task_index,
+            outputs=outputs,
+            timeout=timeout,
+        )
+        return iterate(self._portal(), stream, stream.aclose)
+
+
+class _Limit:
+    """A run's overall deadline, applied to each request and sleep in turn.
+
+    A cancel scope must not span a `yield` of an async generator, so the run is
+    not wrapped in one: each awaited step gets its own scope with the time left.
+    """
+
+    def __init__(self, deadline: float | None, timeout: float | None) -> None:
+        self.deadline = deadline
+        self.timeout = timeout
+
+    async def run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        if self.deadline is None:
+            return await fn(*args, **kwargs)
+        remaining = self.deadline - anyio.current_time()
+        if remaining > 0:
+            with anyio.move_on_after(remaining):
+                return await fn(*args, **kwargs)
+        raise RunTimeout(f"the run did not finish within {self.timeout:g} s")
+
+
+def _check_url(url: object, name: str) -> None:
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ValueError(f"{name} must be an http:// or https:// URL")
+
+
+def _check_timeout(timeout: object) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not (timeout > 0 and math.isfinite(timeout))
+    ):
+        raise ValueError(f"timeout must be a number of seconds > 0 or None, not {timeout!r}")

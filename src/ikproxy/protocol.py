@@ -1,0 +1,62 @@
+"""The ikproxy wire protocol (version 1), shared by the server and the consumers.
+
+A stream is a sequence of `progress` events ending in exactly one terminal
+event, `result` or `error`. Over SSE the event name is the type and the data
+is a JSON object; over NDJSON each line is that object with a `type` (and the
+`id`) added. docs/protocol.md is the full description.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+__all__ = [
+    "ERROR",
+    "ERROR_MESSAGES",
+    "HTTP_STATUS",
+    "KEEPALIVE",
+    "NDJSON_MEDIA_TYPE",
+    "PROGRESS",
+    "PROTOCOL_VERSION",
+    "RESULT",
+    "SSE_MEDIA_TYPE",
+    "error_body",
+]
+
+PROTOCOL_VERSION: Final = 1
+
+PROGRESS: Final = "progress"
+RESULT: Final = "result"
+ERROR: Final = "error"
+KEEPALIVE: Final = "keepalive"
+
+SSE_MEDIA_TYPE: Final = "text/event-stream"
+NDJSON_MEDIA_TYPE: Final = "application/x-ndjson"
+
+#: The safe message sent with each error code. The detail goes to the server log.
+ERROR_MESSAGES: Final[dict[str, str]] = {
+    "upstream_failed": "The deployment could not be reached or answered with an error.",
+    "workflow_failed": "The workflow failed while processing this request.",
+    "timeout": "The run did not finish in time.",
+    "unauthorized": "The deployment refused the server's credentials.",
+    "internal": "An internal error occurred.",
+    "invalid_parameter": "The deployment refused the request's parameters.",
+}
+
+#: The HTTP status for an error that happens before the stream starts.
+HTTP_STATUS: Final[dict[str, int]] = {
+    "upstream_failed": 502,
+    "workflow_failed": 502,
+    "timeout": 504,
+    "unauthorized": 502,
+    "internal": 500,
+    "invalid_parameter": 400,
+}
+
+
+def error_body(code: str, message: str, request_id: str | None = None) -> dict[str, Any]:
+    """The JSON body of an HTTP error response: `{"error": {"code", "message", ...}}`."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if request_id is not None:
+        error["request_id"] = request_id
+    return {"error": error}

@@ -1,0 +1,344 @@
+"""Turn a run's progress stream into an SSE or NDJSON byte stream (wire protocol v1).
+
+`to_readable_stream` is the framework-neutral piece: it encodes each progress
+as it comes, sends keepalives while the upstream is silent, ends with exactly
+one terminal event, and masks errors. `to_streaming_response` wraps it in a
+Starlette response that stops the run as soon as the client disconnects.
+`iterate_in_portal` bridges any async iterator to sync code (WSGI servers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import threading
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
+from typing import Any, Literal, TypeVar, Union
+
+import anyio
+from anyio.from_thread import BlockingPortal
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from ._portal import PortalThread, iterate
+from .codecs.ndjson import encode_line
+from .codecs.sse import encode_comment, encode_retry
+from .errors import IkproxyError, UpstreamError, WorkflowFailed
+from .model import Progress, State
+from .protocol import (
+    ERROR,
+    ERROR_MESSAGES,
+    NDJSON_MEDIA_TYPE,
+    PROGRESS,
+    PROTOCOL_VERSION,
+    RESULT,
+    SSE_MEDIA_TYPE,
+)
+
+__all__ = [
+    "StreamFormat",
+    "error_code",
+    "iterate_in_portal",
+    "new_request_id",
+    "stream_headers",
+    "to_readable_stream",
+    "to_streaming_response",
+]
+
+logger = logging.getLogger("ikproxy")
+
+T = TypeVar("T")
+StreamFormat = Literal["sse", "ndjson"]
+StreamItem = Union[Progress, Mapping[str, Any]]
+
+#: How many encoded events are joined into one write when they are ready together.
+_COALESCE_BYTES = 64 * 1024
+_QUEUE_SIZE = 64
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+
+
+def new_request_id(given: str | None = None) -> str:
+    """The request id for logs and error events: the caller's if it is safe, else a new one."""
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def error_code(exc: BaseException) -> str:
+    """The wire error code for an exception raised by a run."""
+    if isinstance(exc, IkproxyError) and exc.code in ERROR_MESSAGES:
+        return exc.code
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "internal"
+
+
+def stream_headers(format: StreamFormat, request_id: str | None = None) -> dict[str, str]:
+    """The response headers of a stream. Never `Connection`: servers own that header."""
+    headers = {
+        "Content-Type": (
+            f"{SSE_MEDIA_TYPE}; charset=utf-8" if format == "sse" else NDJSON_MEDIA_TYPE
+        ),
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+        "Ikproxy-Protocol": str(PROTOCOL_VERSION),
+    }
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return headers
+
+
+class _Encoder:
+    """Frames wire objects as SSE events or NDJSON lines, numbering them from 1."""
+
+    def __init__(self, format: StreamFormat) -> None:
+        if format not in ("sse", "ndjson"):
+            raise ValueError(f"format must be 'sse' or 'ndjson', not {format!r}")
+        self.sse = format == "sse"
+        self.next_id = 1
+
+    def preamble(self, retry_ms: int | None) -> bytes:
+        if not self.sse:
+            return b""
+        head = encode_comment(f"ikproxy protocol {PROTOCOL_VERSION}")
+        return head + (encode_retry(retry_ms) if retry_ms is not None else b"\n")
+
+    def keepalive(self) -> bytes:
+        # A blank line after the comment makes proxies that flush per event flush it.
+        return encode_comment("keepalive") + b"\n" if self.sse else b'{"type":"keepalive"}\n'
+
+    def event(self, kind: str, obj: Mapping[str, Any]) -> bytes:
+        event_id = self.next_id
+        self.next_id += 1
+        if self.sse:
+            # Compact JSON never holds a raw CR or LF, so the data is one line.
+            payload = encode_line(obj)
+            return b"".join(
+                (
+                    b"event: %s\nid: %d\ndata: " % (kind.encode(), event_id),
+                    memoryview(payload)[:-1],
+                    b"\n\n",
+                )
+            )
+        line: bytes = encode_line({"type": kind, "id": event_id, **obj})
+        return line
+
+
+def _as_wire(item: StreamItem) -> tuple[str, dict[str, Any]]:
+    """(event type, wire object) for one upstream item."""
+    obj = item.to_json() if isinstance(item, Progress) else dict(item)
+    if obj.get("results") is not None:
+        return RESULT, obj
+    return PROGRESS, obj
+
+
+class _End:
+    """Queue marker: the producer is done (the terminal event was queued before it)."""
+
+
+_END = _End()
+
+
+async def to_readable_stream(
+    stream: AsyncIterable[StreamItem],
+    *,
+    format: StreamFormat = "sse",
+    keepalive: float = 15.0,
+    retry_ms: int | None = 3000,
+    request_id: str | None = None,
+    timeout: float | None = None,
+    finish_on_disconnect: bool = False,
+) -> AsyncIterator[bytes]:
+    """Encode a stream of `Progress` (or dicts of the same form) as wire protocol bytes.
+
+    Progress items become `progress` events; the first one with `results`
+    becomes the terminal `result` event. An exception (or a stream that ends
+    without results) becomes one terminal `error` event with a safe message;
+    the detail is logged under `request_id`. While the upstream is silent a
+    keepalive is sent every `keepalive` seconds. Closing this iterator closes
+    the upstream at once, unless `finish_on_disconnect` lets the run finish.
+    """
+    encoder = _Encoder(format)
+    request_id = request_id or new_request_id()
+    queue: asyncio.Queue[bytes | _End] = asyncio.Queue(_QUEUE_SIZE)
+    detached = False
+
+    async def put(chunk: bytes | _End) -> None:
+        if not detached:
+            await queue.put(chunk)
+
+    async def produce() -> None:
+        upstream = aiter(stream)
+        try:
+            with anyio.fail_after(timeout):
+                async for item in upstream:
+                    kind, obj = _as_wire(item)
+                    if obj.get("state") == State.FAILURE:
+                        raise WorkflowFailed("the upstream reported a FAILURE state")
+                    await put(encoder.event(kind, obj))
+                    if kind == RESULT:
+                        break
+                else:
+                    raise UpstreamError("the run ended without results")
+        except Exception as exc:
+            code = error_code(exc)
+            logger.error("run failed [request_id=%s code=%s]", request_id, code, exc_info=exc)
+            body = {"code": code, "message": ERROR_MESSAGES[code], "request_id": request_id}
+            await put(encoder.event(ERROR, body))
+        finally:
+            aclose = getattr(upstream, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+        # Not reached when cancelled: nobody is reading then.
+        await put(_END)
+
+    producer = asyncio.get_running_loop().create_task(produce())
+    try:
+        preamble = encoder.preamble(retry_ms)
+        if preamble:
+            yield preamble
+        while True:
+            if queue.empty():
+                chunk: bytes | _End | None = None
+                with anyio.move_on_after(keepalive):
+                    chunk = await queue.get()
+                if chunk is None:
+                    yield encoder.keepalive()
+                    continue
+            else:
+                chunk = queue.get_nowait()
+            if isinstance(chunk, _End):
+                return
+            parts, size, ended = [chunk], len(chunk), False
+            while size < _COALESCE_BYTES and not queue.empty():
+                more = queue.get_nowait()
+                if isinstance(more, _End):
+                    ended = True
+                    break
+                parts.append(more)
+                size += len(more)
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
+            if ended:
+                return
+    finally:
+        if not producer.done():
+            if finish_on_disconnect:
+                detached = True
+                while not queue.empty():
+                    queue.get_nowait()
+                _background.add(producer)
+                producer.add_done_callback(_background.discard)
+            else:
+                producer.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait({producer})
+
+
+#: Producers of runs whose client left while `finish_on_disconnect` holds.
+_background: set[asyncio.Task[None]] = set()
+
+
+class _StreamingResponse(StreamingResponse):
+    """A StreamingResponse that always listens for `http.disconnect` itself.
+
+    Starlette only listens on servers that report ASGI spec < 2.4; a2wsgi and
+    gunicorn's asgi worker report 2.4+, and the run would then go on until a
+    write fails. Listening ourselves stops it at once everywhere.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def listen() -> None:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        break
+                tg.cancel_scope.cancel()
+
+            async def respond() -> None:
+                try:
+                    await self.stream_response(send)
+                except OSError:
+                    pass  # the client went away mid-write
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(listen)
+            tg.start_soon(respond)
+        if self.background is not None:
+            await self.background()
+
+
+def to_streaming_response(
+    stream: AsyncIterable[StreamItem],
+    *,
+    format: StreamFormat = "sse",
+    keepalive: float = 15.0,
+    retry_ms: int | None = 3000,
+    request_id: str | None = None,
+    timeout: float | None = None,
+    finish_on_disconnect: bool = False,
+    status_code: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> StreamingResponse:
+    """A Starlette response streaming the run in the wire protocol (SSE by default)."""
+    request_id = request_id or new_request_id()
+    body = to_readable_stream(
+        stream,
+        format=format,
+        keepalive=keepalive,
+        retry_ms=retry_ms,
+        request_id=request_id,
+        timeout=timeout,
+        finish_on_disconnect=finish_on_disconnect,
+    )
+    all_headers = stream_headers(format, request_id)
+    media_type = all_headers.pop("Content-Type")
+    all_headers.update(headers or {})
+    return _StreamingResponse(
+        body, status_code=status_code, headers=all_headers, media_type=media_type
+    )
+
+
+# -- the sync bridge ------------------------------------------------------------
+
+_portal_lock = threading.Lock()
+_portal: tuple[int, PortalThread] | None = None
+
+
+def blocking_portal() -> BlockingPortal:
+    """The process-wide portal: one event loop thread shared by all sync callers.
+
+    Started on first use, and again in a forked child (a loop thread does not
+    survive `fork`). One shared loop means state such as locks and caches can
+    be shared between requests, which a loop per request would break. The
+    loop thread is a daemon, so it never holds the interpreter open at exit.
+    """
+    global _portal
+    pid = os.getpid()
+    current = _portal
+    if current is not None and current[0] == pid:
+        return current[1].portal
+    with _portal_lock:
+        if _portal is None or _portal[0] != pid:
+            _portal = (pid, PortalThread("ikproxy-portal"))
+        return _portal[1].portal
+
+
+def iterate_in_portal(ait: AsyncIterator[T]) -> Iterator[T]:
+    """Iterate an async iterator from sync code, one item per call into the portal.
+
+    Closing the returned generator (as WSGI servers do when the client leaves)
+    closes the async iterator on the portal's loop.
+    """
+
+    async def aclose() -> None:
+        close = getattr(ait, "aclose", None)
+        if close is not None:
+            await close()
+
+    return iterate(blocking_portal(), ait, aclose)

@@ -1,0 +1,37 @@
+"""A fake Ikomia SCALE server, for your tests and ours.
+
+`FakeScale` speaks the real protocol (JWT exchange, workflow, run, polling with
+advice, long polling, HTTP 520 for a failed workflow) on one ASGI app, records
+every request, and can be told to fail or drop the next requests of a kind::
+
+    from ikproxy.testing import FakeScale
+
+    fake = FakeScale(polls_before_done=3)
+    fake.fail("poll", 503)                       # the first poll answers 503
+    async with httpx.AsyncClient(transport=fake.transport(), base_url="http://fake") as http:
+        ...                                      # or: with fake.serve() as url: ...
+    assert fake.count("run") == 1
+
+Run one from a shell with `python -m ikproxy.testing --port 8765`, or get the
+`fake_scale` and `fake_scale_url` fixtures with
+`pytest_plugins = ["ikproxy.testing.pytest_plugin"]`.
+"""
+
+from __future__ import annotations
+
+from ._fake import FakeScale, Fault
+from ._png import TINY_PNG
+from ._recording import KINDS, Kind, RecordedRequest
+from ._transport import ConnectionDropped
+from ._workflow import default_workflow
+
+__all__ = [
+    "KINDS",
+    "TINY_PNG",
+    "ConnectionDropped",
+    "FakeScale",
+    "Fault",
+    "Kind",
+    "RecordedRequest",
+    "default_workflow",
+]

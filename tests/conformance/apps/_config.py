@@ -1,0 +1,46 @@
+"""The one configuration every conformance app mounts, whatever its framework.
+
+Each app in this folder serves the proxy at `/api` (so `/api/run`,
+`/api/health`, `/api/ikproxy.js`) on a SCALE client pointed at the fake
+SCALE server whose URL is in `CONFORMANCE_FAKE_URL`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ikproxy import Client
+from ikproxy.policy import AccessDenied, Param, TokenBucket
+
+FAKE_TOKEN = "conformance-token-5ecret"
+API_KEY = "conformance-key"
+PREFIX = "/api"
+
+
+def deployment() -> Client:
+    url = os.environ["CONFORMANCE_FAKE_URL"]
+    return Client(url, token=FAKE_TOKEN, api_url=url)
+
+
+def authorize(request: Any) -> None:
+    """Every framework's request has case-insensitive `.headers.get`."""
+    if request.headers.get("authorization") != f"Bearer {API_KEY}":
+        raise AccessDenied(401, "Bearer key required.")
+
+
+def rate_limit_key(request: Any) -> str:
+    return str(request.headers.get("x-client") or "anonymous")
+
+
+def policy() -> dict[str, Any]:
+    """Keyword arguments for `Proxy` / every adapter factory."""
+    return {
+        "parameters": {"prompt": Param(str, required=True, max_length=500)},
+        "authorize": authorize,
+        "rate_limit": TokenBucket(rate=0.001, burst=3),
+        "rate_limit_key": rate_limit_key,
+        "max_upload_bytes": 64 * 1024,
+        "keepalive": 0.5,
+        "timeout": 60.0,
+    }

@@ -1,0 +1,430 @@
+"""One conformance suite for every surface, each under its real server on loopback.
+
+Each case starts a conformance app (`tests/conformance/apps/`) under its
+server as a subprocess, pointed at a fake SCALE server served by this test
+process, and proves the same behaviour: streaming without buffering, SSE and
+NDJSON, the policy statuses and bodies, terminal error events, no secret in
+any response, and a client disconnect that stops the run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ikproxy.browser import process_readable_stream_sync, process_streaming_response
+from ikproxy.errors import StreamError
+from ikproxy.testing import FakeScale
+
+from .._support import free_port, running_server
+from .apps import _config
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+AUTH = {"Authorization": f"Bearer {_config.API_KEY}"}
+UVICORN_READY = r"Uvicorn running on|Application startup complete"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One surface under one server."""
+
+    name: str
+    argv: tuple[str, ...]
+    ready: str
+    needs: tuple[str, ...]
+    wsgi: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    python: str | None = None
+
+    def command(self, port: int) -> list[str]:
+        python = self.python or sys.executable
+        return [python, *(a.format(port=port) for a in self.argv)]
+
+
+def _uvicorn(module: str) -> tuple[str, ...]:
+    return ("-m", "uvicorn", module, "--host", "127.0.0.1", "--port", "{port}", "--no-access-log")
+
+
+def _gunicorn(module: str) -> tuple[str, ...]:
+    return (
+        "-m",
+        "gunicorn",
+        "-k",
+        "gthread",
+        "--threads",
+        "8",
+        "-w",
+        "1",
+        "-b",
+        "127.0.0.1:{port}",
+        "--graceful-timeout",
+        "2",
+        module,
+    )
+
+
+_APPS = "tests.conformance.apps"
+_DJANGO_ENV = {"DJANGO_SETTINGS_MODULE": f"{_APPS}.django_project.settings"}
+
+CASES = [
+    Case("asgi-app/uvicorn", _uvicorn(f"{_APPS}.asgi_app:app"), UVICORN_READY, ("asgi_app",)),
+    Case(
+        "starlette/uvicorn",
+        _uvicorn(f"{_APPS}.starlette_app:app"),
+        UVICORN_READY,
+        ("starlette_app",),
+    ),
+    Case("fastapi/uvicorn", _uvicorn(f"{_APPS}.fastapi_app:app"), UVICORN_READY, ("fastapi_app",)),
+    Case(
+        "litestar/uvicorn", _uvicorn(f"{_APPS}.litestar_app:app"), UVICORN_READY, ("litestar_app",)
+    ),
+    Case(
+        "quart/hypercorn",
+        ("-m", "hypercorn", f"{_APPS}.quart_app:app", "-b", "127.0.0.1:{port}"),
+        r"Running on",
+        ("quart_app",),
+    ),
+    Case(
+        "sanic",
+        (
+            "-m",
+            "sanic",
+            f"{_APPS}.sanic_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--single-process",
+            "--no-motd",
+        ),
+        r"Starting worker|Sanic .* running|Goin' Fast|[Ss]erver .*started|Starting",
+        ("sanic_app",),
+    ),
+    Case(
+        "flask/werkzeug",
+        ("-m", "flask", "--app", f"{_APPS}.flask_app", "run", "--port", "{port}", "--with-threads"),
+        r"Running on",
+        ("flask_app",),
+        wsgi=True,
+    ),
+    Case(
+        "flask/gunicorn-gthread",
+        _gunicorn(f"{_APPS}.flask_app:app"),
+        r"Booting worker",
+        ("flask_app",),
+        wsgi=True,
+    ),
+    Case(
+        "wsgi-mount/gunicorn-gthread",
+        _gunicorn(f"{_APPS}.flask_app:wsgi_mount_app"),
+        r"Booting worker",
+        ("flask_app",),
+        wsgi=True,
+    ),
+    Case(
+        "django-wsgi/gunicorn-gthread",
+        _gunicorn(f"{_APPS}.django_project.wsgi:application"),
+        r"Booting worker",
+        ("django_project",),
+        wsgi=True,
+        env=_DJANGO_ENV,
+    ),
+    Case(
+        "django-asgi/uvicorn",
+        _uvicorn(f"{_APPS}.django_project.asgi:application"),
+        UVICORN_READY,
+        ("django_project",),
+        env=_DJANGO_ENV,
+    ),
+]
+
+
+def _django6_python() -> str | None:
+    spec = importlib.util.find_spec("tests.conformance._django6")
+    if spec is None:
+        return None
+    from . import _django6
+
+    return _django6.python()  # type: ignore[no-any-return]
+
+
+def _cases() -> list[Any]:
+    params = [pytest.param(case, id=case.name) for case in CASES]
+    python = _django6_python()
+    if python is not None:
+        for base in ("django-wsgi/gunicorn-gthread", "django-asgi/uvicorn"):
+            case = next(c for c in CASES if c.name == base)
+            variant = Case(
+                base.replace("django", "django6-py3.12"),
+                case.argv,
+                case.ready,
+                case.needs,
+                case.wsgi,
+                case.env,
+                python,
+            )
+            params.append(pytest.param(variant, id=variant.name))
+    return params
+
+
+@dataclass
+class Live:
+    case: Case
+    url: str
+    fake: FakeScale
+    fake_url: str
+    seen: list[bytes]
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=20)
+
+    def record(self, response: httpx.Response, body: bytes) -> None:
+        head = "\n".join(f"{k}: {v}" for k, v in response.headers.items())
+        self.seen.append(f"{response.status_code} {response.reason_phrase}\n{head}\n".encode())
+        self.seen.append(body)
+
+
+@pytest.fixture(scope="module", params=_cases())
+def live(request: pytest.FixtureRequest) -> Iterator[Live]:
+    case: Case = request.param
+    missing = [
+        n
+        for n in case.needs
+        if not (ROOT / "tests/conformance/apps" / n).exists()
+        and not (ROOT / "tests/conformance/apps" / f"{n}.py").exists()
+    ]
+    if missing:
+        pytest.fail(f"conformance app missing: {missing}")
+    fake = FakeScale(token=_config.FAKE_TOKEN, next_poll_in=100, polls_before_done=3)
+    with fake.serve() as fake_url:
+        port = free_port()
+        env = {"CONFORMANCE_FAKE_URL": fake_url, "PYTHONPATH": str(ROOT), **case.env}
+        with running_server(case.command(port), ready=case.ready, env=env):
+            live = Live(case, f"http://127.0.0.1:{port}", fake, fake_url, [])
+            yield live
+            _assert_no_secret(live)
+
+
+def _assert_no_secret(live: Live) -> None:
+    everything = b"\n".join(live.seen)
+    jwts = {
+        r.headers.get("authorization", "").removeprefix("Bearer ")
+        for r in live.fake.requests
+        if r.headers.get("authorization", "").startswith("Bearer ")
+    }
+    secrets = {_config.FAKE_TOKEN, live.fake_url, live.fake_url.split("//")[1], *jwts}
+    for secret in sorted(s for s in secrets if s):
+        assert secret.encode() not in everything, f"secret leaked: {secret[:12]}..."
+    assert b"Traceback" not in everything
+
+
+async def _get(live: Live, path: str, **kwargs: Any) -> httpx.Response:
+    async with live.client() as http:
+        response = await http.get(path, **kwargs)
+    live.record(response, response.content)
+    return response
+
+
+def _fresh() -> dict[str, str]:
+    """Headers for a request with its own rate-limit key."""
+    return {**AUTH, "X-Client": uuid.uuid4().hex}
+
+
+async def _run(live: Live, fmt: str) -> tuple[list[str], Any]:
+    kinds: list[str] = []
+    chunks: list[bytes] = []
+
+    async def recorded(response: httpx.Response) -> AsyncIterator[bytes]:
+        async for chunk in response.aiter_raw():
+            chunks.append(chunk)
+            yield chunk
+
+    async with (
+        live.client() as http,
+        http.stream(
+            "GET", "/api/run", params={"prompt": "a cat", "format": fmt}, headers=_fresh()
+        ) as response,
+    ):
+        assert response.status_code == 200
+        response.aiter_bytes = lambda: recorded(response)  # type: ignore[method-assign]
+        results = await process_streaming_response(response, lambda p: kinds.append(p.state))
+        live.record(response, b"".join(chunks))
+    return kinds, results
+
+
+async def test_health(live: Live) -> None:
+    response = await _get(live, "/api/health")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("fmt", ["sse", "ndjson"])
+async def test_a_run_streams_and_decodes(live: Live, fmt: str) -> None:
+    states, results = await _run(live, fmt)
+    assert states[0] == "PENDING"
+    assert states[-1] == "SUCCESS"
+    assert len(results) == 1
+    assert results.get_output(0).kind == "image"
+
+
+async def test_the_first_event_arrives_while_the_run_goes_on(live: Live) -> None:
+    live.fake.polls_before_done = 10
+    try:
+        async with (
+            live.client() as http,
+            http.stream("GET", "/api/run", params={"prompt": "x"}, headers=_fresh()) as response,
+        ):
+            assert response.status_code == 200
+            media = response.headers["content-type"]
+            assert media.startswith("text/event-stream")
+            buffer = b""
+            async for chunk in response.aiter_bytes():
+                buffer += chunk
+                if b"event: progress" in buffer:
+                    break
+            polls_at_first_event = live.fake.count("poll")
+            body = buffer + b"".join([c async for c in response.aiter_bytes()])
+            live.record(response, body)
+    finally:
+        live.fake.polls_before_done = 3
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    assert polls_at_first_event < 10, "the stream was buffered until the run ended"
+    assert b"event: result" in body
+
+
+async def test_400_missing_parameter(live: Live) -> None:
+    response = await _get(live, "/api/run", headers=_fresh())
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["message"]) == (
+        "invalid_parameter",
+        "missing required parameter 'prompt'",
+    )
+
+
+async def test_400_unknown_parameter(live: Live) -> None:
+    response = await _get(live, "/api/run", params={"prompt": "x", "seed": "3"}, headers=_fresh())
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "unknown parameter 'seed' (allowed: prompt)"
+
+
+async def test_401_without_the_key(live: Live) -> None:
+    response = await _get(live, "/api/run", params={"prompt": "x"})
+    assert response.status_code == 401
+    assert response.json()["error"] == {
+        "code": "unauthenticated",
+        "message": "Bearer key required.",
+        "request_id": response.headers["x-request-id"],
+    }
+
+
+async def test_413_oversized_body(live: Live) -> None:
+    async with live.client() as http:
+        response = await http.post(
+            "/api/run",
+            content=json.dumps({"prompt": "x" * 100_000}),
+            headers={**_fresh(), "Content-Type": "application/json"},
+        )
+    live.record(response, response.content)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_429_after_the_burst(live: Live) -> None:
+    headers = {**AUTH, "X-Client": uuid.uuid4().hex}
+    statuses = [(await _get(live, "/api/run", headers=headers)).status_code for _ in range(4)]
+    assert statuses == [400, 400, 400, 429]
+    limited = await _get(live, "/api/run", headers=headers)
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert int(limited.headers["retry-after"]) >= 1
+
+
+async def test_post_json(live: Live) -> None:
+    async with (
+        live.client() as http,
+        http.stream(
+            "POST",
+            "/api/run",
+            json={"prompt": "a dog"},
+            headers={**_fresh(), "Accept": "application/x-ndjson"},
+        ) as response,
+    ):
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        results = await process_streaming_response(response)
+    assert len(results) == 1
+
+
+async def test_an_upstream_failure_ends_with_an_error_event(live: Live) -> None:
+    live.fake.fail("poll", status=520, body={"message": f"failed at {live.fake_url}"})
+    async with (
+        live.client() as http,
+        http.stream("GET", "/api/run", params={"prompt": "x"}, headers=_fresh()) as response,
+    ):
+        assert response.status_code == 200
+        body = b"".join([c async for c in response.aiter_bytes()])
+    live.record(response, body)
+    assert b"event: error" in body
+    with pytest.raises(StreamError) as caught:
+        process_readable_stream_sync([body])
+    assert caught.value.code == "workflow_failed"
+    assert caught.value.request_id == response.headers["x-request-id"]
+
+
+async def test_a_refused_submission_is_a_real_http_error(live: Live) -> None:
+    live.fake.expire_jwts()  # the run is refused with 401, and so is the new exchange
+    live.fake.fail("jwt", status=401)
+    response = await _get(live, "/api/run", params={"prompt": "x"}, headers=_fresh())
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "unauthorized"
+
+
+async def test_a_client_disconnect_stops_the_run(live: Live) -> None:
+    live.fake.polls_before_done = 100_000
+    try:
+        async with (
+            live.client() as http,
+            http.stream("GET", "/api/run", params={"prompt": "x"}, headers=_fresh()) as response,
+        ):
+            async for chunk in response.aiter_bytes():
+                if b"event: progress" in chunk:
+                    break
+            await live.fake.wait_for("poll", live.fake.count("poll") + 1, timeout=5)
+        closed_at = time.monotonic()
+        # ASGI servers stop the run at once; WSGI servers notice on the next
+        # failed write, so within two keepalive intervals (0.5 s each here).
+        limit = 1.0 + (1.0 if live.case.wsgi else 0.0) + 1.0  # + one poll interval of slack
+        while True:
+            try:
+                seen = await live.fake.wait_for("poll", live.fake.count("poll") + 1, timeout=1.0)
+            except TimeoutError:
+                break  # one whole second without a poll: the run has stopped
+            assert seen.time - closed_at < limit, (
+                "the upstream was still polled after the disconnect"
+            )
+    finally:
+        live.fake.polls_before_done = 3
+
+
+async def test_the_browser_module_is_served(live: Live) -> None:
+    response = await _get(live, "/api/ikproxy.js")
+    assert response.status_code == 200
+    assert "javascript" in response.headers["content-type"]
+
+
+async def test_unknown_path_is_a_json_404(live: Live) -> None:
+    response = await _get(live, "/api/nope", headers=AUTH)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
