@@ -8,6 +8,7 @@ stays on the server.
 from __future__ import annotations
 
 from .__about__ import __version__
+from .deployments.local import LocalDeployment, TaskFailed, Update
 from .deployments.scale import Client, SyncClient
 from .errors import (
     AuthenticationFailed,
@@ -33,6 +34,7 @@ __all__ = [
     "ImageIO",
     "IncompleteStream",
     "InvalidParameter",
+    "LocalDeployment",
     "Progress",
     "Results",
     "RunTimeout",
@@ -40,7 +42,9 @@ __all__ = [
     "StorageObjectIO",
     "StreamError",
     "SyncClient",
+    "TaskFailed",
     "TaskIO",
+    "Update",
     "UpstreamConnectionError",
     "UpstreamError",
     "UpstreamHTTPError",

@@ -243,14 +243,7 @@ def _fresh() -> dict[str, str]:
 
 
 async def _run(live: Live, fmt: str) -> tuple[list[str], Any]:
-    kinds: list[str] = []
-    chunks: list[bytes] = []
-
-    async def recorded(response: httpx.Response) -> AsyncIterator[bytes]:
-        async for chunk in response.aiter_raw():
-            chunks.append(chunk)
-            yield chunk
-
+    states: list[str] = []
     async with (
         live.client() as http,
         http.stream(
@@ -258,10 +251,12 @@ async def _run(live: Live, fmt: str) -> tuple[list[str], Any]:
         ) as response,
     ):
         assert response.status_code == 200
-        response.aiter_bytes = lambda: recorded(response)  # type: ignore[method-assign]
-        results = await process_streaming_response(response, lambda p: kinds.append(p.state))
-        live.record(response, b"".join(chunks))
-    return kinds, results
+        body = b"".join([chunk async for chunk in response.aiter_bytes()])
+    live.record(response, body)
+    expected = "application/x-ndjson" if fmt == "ndjson" else "text/event-stream"
+    assert response.headers["content-type"].startswith(expected)
+    results = process_readable_stream_sync([body], lambda p: states.append(p.state))
+    return states, results
 
 
 async def test_health(live: Live) -> None:
@@ -290,12 +285,13 @@ async def test_the_first_event_arrives_while_the_run_goes_on(live: Live) -> None
             media = response.headers["content-type"]
             assert media.startswith("text/event-stream")
             buffer = b""
-            async for chunk in response.aiter_bytes():
+            chunks = response.aiter_bytes()
+            async for chunk in chunks:
                 buffer += chunk
                 if b"event: progress" in buffer:
                     break
             polls_at_first_event = live.fake.count("poll")
-            body = buffer + b"".join([c async for c in response.aiter_bytes()])
+            body = buffer + b"".join([c async for c in chunks])
             live.record(response, body)
     finally:
         live.fake.polls_before_done = 3
@@ -398,10 +394,14 @@ async def test_a_client_disconnect_stops_the_run(live: Live) -> None:
             live.client() as http,
             http.stream("GET", "/api/run", params={"prompt": "x"}, headers=_fresh()) as response,
         ):
-            async for chunk in response.aiter_bytes():
+            # Keep a reference: an abandoned async iterator is finalized, and
+            # that would close the connection before we mean to.
+            chunks = response.aiter_bytes()
+            async for chunk in chunks:
                 if b"event: progress" in chunk:
                     break
-            await live.fake.wait_for("poll", live.fake.count("poll") + 1, timeout=5)
+            # The run is live: the upstream is still being polled.
+            await live.fake.wait_for("poll", live.fake.count("poll") + 2, timeout=5)
         closed_at = time.monotonic()
         # ASGI servers stop the run at once; WSGI servers notice on the next
         # failed write, so within two keepalive intervals (0.5 s each here).
