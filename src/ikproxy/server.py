@@ -265,6 +265,13 @@ class _StreamingResponse(StreamingResponse):
                     await self.stream_response(send)
                 except OSError:
                     pass  # the client went away mid-write
+                finally:
+                    # Starlette never closes the body iterator: cancelled while
+                    # blocked in send(), the run would wait for the GC.
+                    aclose = getattr(self.body_iterator, "aclose", None)
+                    if aclose is not None:
+                        with anyio.CancelScope(shield=True):
+                            await aclose()
                 tg.cancel_scope.cancel()
 
             tg.start_soon(listen)

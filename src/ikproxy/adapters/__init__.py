@@ -1,0 +1,1 @@
+"""Framework adapters: each one only translates requests and responses for `ikproxy.proxy`."""

@@ -1,0 +1,1 @@
+"""A minimal Django project for the conformance suite (settings, URLs, WSGI and ASGI)."""
