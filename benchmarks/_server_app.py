@@ -10,7 +10,7 @@ import anyio
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ikproxy.server import to_streaming_response
@@ -73,6 +73,16 @@ async def peer(request: Request) -> Response:
     return EventSourceResponse(events(), ping=15)
 
 
+async def floor(request: Request) -> Response:
+    """The least a server can do: constant bytes, no encoding, no disconnect listener."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for _ in _source(request):
+            yield b"event: progress\ndata: {}\n\n"
+
+    return StreamingResponse(chunks(), media_type="text/event-stream")
+
+
 async def health(request: Request) -> Response:
     return Response("ok")
 
@@ -81,6 +91,7 @@ app = Starlette(
     routes=[
         Route("/ours/{kind}", ours),
         Route("/peer/{kind}", peer),
+        Route("/floor/{kind}", floor),
         Route("/health", health),
     ]
 )

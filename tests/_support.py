@@ -140,3 +140,5 @@ def running_server(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

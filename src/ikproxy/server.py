@@ -15,7 +15,16 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+)
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal, TypeVar, Union
 
 import anyio
@@ -39,6 +48,7 @@ from .protocol import (
 )
 
 __all__ = [
+    "RunStream",
     "StreamFormat",
     "error_code",
     "iterate_in_portal",
@@ -141,8 +151,251 @@ class _End:
 
 _END = _End()
 
+Write = Callable[[bytes], Awaitable[None]]
 
-async def to_readable_stream(
+
+class RunStream:
+    """A run encoded as wire protocol bytes: an async iterator of byte chunks.
+
+    Progress items become `progress` events; the first one with `results`
+    becomes the terminal `result` event. An exception (or a stream that ends
+    without results) becomes one terminal `error` event with a safe message;
+    the detail is logged under the request id. While the upstream is silent a
+    keepalive is sent every `keepalive` seconds. Closing it closes the
+    upstream at once, unless `finish_on_disconnect` lets the run finish.
+
+    Iterating it runs the upstream in a producer task, so keepalives never
+    cancel an upstream call. `send_to(write)` is the ASGI fast path: the
+    upstream is read and written in the caller's task, with a timer for
+    keepalives, which costs a task switch less per event.
+    """
+
+    def __init__(
+        self,
+        stream: AsyncIterable[StreamItem],
+        *,
+        format: StreamFormat = "sse",
+        keepalive: float = 15.0,
+        retry_ms: int | None = 3000,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        finish_on_disconnect: bool = False,
+    ) -> None:
+        self._stream = stream
+        self._encoder = _Encoder(format)
+        self.keepalive = keepalive
+        self.retry_ms = retry_ms
+        self.request_id = request_id or new_request_id()
+        self.timeout = timeout
+        self.finish_on_disconnect = finish_on_disconnect
+        self._iterator: AsyncGenerator[bytes, None] | None = None
+        self._started = False
+
+    # -- encoding, shared by both paths ------------------------------------------
+
+    def _encode(self, item: StreamItem) -> tuple[bytes, bool]:
+        """(the event's bytes, whether it is terminal) for one upstream item."""
+        kind, obj = _as_wire(item)
+        if obj.get("state") == State.FAILURE:
+            raise WorkflowFailed("the upstream reported a FAILURE state")
+        return self._encoder.event(kind, obj), kind == RESULT
+
+    def _encode_error(self, exc: BaseException) -> bytes:
+        code = error_code(exc)
+        logger.error("run failed [request_id=%s code=%s]", self.request_id, code, exc_info=exc)
+        body = {"code": code, "message": ERROR_MESSAGES[code], "request_id": self.request_id}
+        return self._encoder.event(ERROR, body)
+
+    # -- the iterator path ----------------------------------------------------------
+
+    def __aiter__(self) -> RunStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._iterator is None:
+            self._claim()
+            self._iterator = self._pump()
+        return await self._iterator.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop: close the upstream (or let it finish, with `finish_on_disconnect`)."""
+        if self._iterator is not None:
+            await self._iterator.aclose()
+        elif not self._started:
+            self._started = True
+            await _aclose(self._stream)
+
+    def _claim(self) -> None:
+        if self._started:
+            raise RuntimeError("a RunStream can be consumed only once")
+        self._started = True
+
+    async def _pump(self) -> AsyncGenerator[bytes, None]:
+        queue: asyncio.Queue[bytes | _End] = asyncio.Queue(_QUEUE_SIZE)
+        detached = False
+
+        async def put(chunk: bytes | _End) -> None:
+            if not detached:
+                await queue.put(chunk)
+
+        async def produce() -> None:
+            upstream = aiter(self._stream)
+            try:
+                with _deadline(self.timeout):
+                    async for item in upstream:
+                        chunk, done = self._encode(item)
+                        await put(chunk)
+                        if done:
+                            break
+                    else:
+                        raise UpstreamError("the run ended without results")
+            except Exception as exc:
+                await put(self._encode_error(exc))
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await _aclose(upstream)
+            # Not reached when cancelled: nobody is reading then.
+            await put(_END)
+
+        producer = asyncio.get_running_loop().create_task(produce())
+        try:
+            preamble = self._encoder.preamble(self.retry_ms)
+            if preamble:
+                yield preamble
+            while True:
+                if queue.empty():
+                    chunk: bytes | _End | None = None
+                    with anyio.move_on_after(self.keepalive):
+                        chunk = await queue.get()
+                    if chunk is None:
+                        yield self._encoder.keepalive()
+                        continue
+                else:
+                    chunk = queue.get_nowait()
+                if isinstance(chunk, _End):
+                    return
+                # Events that are ready together go out in one write.
+                parts, size, ended = [chunk], len(chunk), False
+                while size < _COALESCE_BYTES and not queue.empty():
+                    more = queue.get_nowait()
+                    if isinstance(more, _End):
+                        ended = True
+                        break
+                    parts.append(more)
+                    size += len(more)
+                yield parts[0] if len(parts) == 1 else b"".join(parts)
+                if ended:
+                    return
+        finally:
+            if not producer.done():
+                if self.finish_on_disconnect:
+                    detached = True
+                    while not queue.empty():
+                        queue.get_nowait()
+                    _background.add(producer)
+                    producer.add_done_callback(_background.discard)
+                else:
+                    producer.cancel()
+                    with anyio.CancelScope(shield=True):
+                        await asyncio.wait({producer})
+
+    # -- the ASGI fast path -------------------------------------------------------
+
+    async def send_to(self, write: Write) -> None:
+        """Write the whole stream with `write`, reading the upstream in this task.
+
+        Cancelling the caller (a client disconnect) cancels the upstream call
+        in flight and closes it. With `finish_on_disconnect` the run must
+        outlive this task, so the producer path is used instead.
+        """
+        if self.finish_on_disconnect:
+            try:
+                async for chunk in self:
+                    await write(chunk)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.aclose()
+            return
+        self._claim()
+        writer = _KeepaliveWriter(write, self.keepalive, self._encoder.keepalive())
+        upstream = aiter(self._stream)
+        try:
+            preamble = self._encoder.preamble(self.retry_ms)
+            if preamble:
+                await writer.write(preamble)
+            try:
+                with _deadline(self.timeout):
+                    while True:
+                        try:
+                            item = await upstream.__anext__()
+                        except StopAsyncIteration:
+                            raise UpstreamError("the run ended without results") from None
+                        chunk, done = self._encode(item)
+                        await writer.write(chunk)
+                        if done:
+                            return
+            except Exception as exc:
+                if writer.broken:
+                    raise
+                await writer.write(self._encode_error(exc))
+        finally:
+            writer.close()
+            with anyio.CancelScope(shield=True):
+                await _aclose(upstream)
+
+
+class _KeepaliveWriter:
+    """Writes chunks in order, and a keepalive whenever nothing was written for a while.
+
+    One timer per stream, re-armed from the time of the last write: a busy
+    stream pays a clock read per event, not a timer.
+    """
+
+    def __init__(self, write: Write, interval: float, payload: bytes) -> None:
+        self._write = write
+        self._interval = interval
+        self._payload = payload
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._pending: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(interval, self._tick)
+        self.broken = False
+
+    def _tick(self) -> None:
+        idle = self._loop.time() - self._last
+        if idle >= self._interval * 0.999 and self._pending is None:
+            self._pending = self._loop.create_task(self._send_keepalive())
+            idle = 0.0
+        self._timer = self._loop.call_later(self._interval - idle, self._tick)
+
+    async def _send_keepalive(self) -> None:
+        try:
+            await self._write(self._payload)
+            self._last = self._loop.time()
+        except Exception:
+            self.broken = True  # the next write raises too; the disconnect ends the run
+        finally:
+            self._pending = None
+
+    async def write(self, chunk: bytes) -> None:
+        if self._pending is not None:
+            await self._pending
+        try:
+            await self._write(chunk)
+        except BaseException:
+            self.broken = True
+            raise
+        self._last = self._loop.time()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending is not None:
+            self._pending.cancel()
+
+
+def to_readable_stream(
     stream: AsyncIterable[StreamItem],
     *,
     format: StreamFormat = "sse",
@@ -151,91 +404,34 @@ async def to_readable_stream(
     request_id: str | None = None,
     timeout: float | None = None,
     finish_on_disconnect: bool = False,
-) -> AsyncIterator[bytes]:
+) -> RunStream:
     """Encode a stream of `Progress` (or dicts of the same form) as wire protocol bytes.
 
-    Progress items become `progress` events; the first one with `results`
-    becomes the terminal `result` event. An exception (or a stream that ends
-    without results) becomes one terminal `error` event with a safe message;
-    the detail is logged under `request_id`. While the upstream is silent a
-    keepalive is sent every `keepalive` seconds. Closing this iterator closes
-    the upstream at once, unless `finish_on_disconnect` lets the run finish.
+    The result is an async iterator of byte chunks (a `RunStream`): `progress`
+    events, then one terminal `result` or `error` event, with keepalives while
+    the upstream is silent. Closing it closes the upstream at once, unless
+    `finish_on_disconnect` lets the run finish.
     """
-    encoder = _Encoder(format)
-    request_id = request_id or new_request_id()
-    queue: asyncio.Queue[bytes | _End] = asyncio.Queue(_QUEUE_SIZE)
-    detached = False
+    return RunStream(
+        stream,
+        format=format,
+        keepalive=keepalive,
+        retry_ms=retry_ms,
+        request_id=request_id,
+        timeout=timeout,
+        finish_on_disconnect=finish_on_disconnect,
+    )
 
-    async def put(chunk: bytes | _End) -> None:
-        if not detached:
-            await queue.put(chunk)
 
-    async def produce() -> None:
-        upstream = aiter(stream)
-        try:
-            with anyio.fail_after(timeout):
-                async for item in upstream:
-                    kind, obj = _as_wire(item)
-                    if obj.get("state") == State.FAILURE:
-                        raise WorkflowFailed("the upstream reported a FAILURE state")
-                    await put(encoder.event(kind, obj))
-                    if kind == RESULT:
-                        break
-                else:
-                    raise UpstreamError("the run ended without results")
-        except Exception as exc:
-            code = error_code(exc)
-            logger.error("run failed [request_id=%s code=%s]", request_id, code, exc_info=exc)
-            body = {"code": code, "message": ERROR_MESSAGES[code], "request_id": request_id}
-            await put(encoder.event(ERROR, body))
-        finally:
-            aclose = getattr(upstream, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
-        # Not reached when cancelled: nobody is reading then.
-        await put(_END)
+def _deadline(timeout: float | None) -> AbstractContextManager[object]:
+    """`anyio.fail_after`, or nothing at all when there is no deadline (saves a scope)."""
+    return nullcontext() if timeout is None else anyio.fail_after(timeout)
 
-    producer = asyncio.get_running_loop().create_task(produce())
-    try:
-        preamble = encoder.preamble(retry_ms)
-        if preamble:
-            yield preamble
-        while True:
-            if queue.empty():
-                chunk: bytes | _End | None = None
-                with anyio.move_on_after(keepalive):
-                    chunk = await queue.get()
-                if chunk is None:
-                    yield encoder.keepalive()
-                    continue
-            else:
-                chunk = queue.get_nowait()
-            if isinstance(chunk, _End):
-                return
-            parts, size, ended = [chunk], len(chunk), False
-            while size < _COALESCE_BYTES and not queue.empty():
-                more = queue.get_nowait()
-                if isinstance(more, _End):
-                    ended = True
-                    break
-                parts.append(more)
-                size += len(more)
-            yield parts[0] if len(parts) == 1 else b"".join(parts)
-            if ended:
-                return
-    finally:
-        if not producer.done():
-            if finish_on_disconnect:
-                detached = True
-                while not queue.empty():
-                    queue.get_nowait()
-                _background.add(producer)
-                producer.add_done_callback(_background.discard)
-            else:
-                producer.cancel()
-                with anyio.CancelScope(shield=True):
-                    await asyncio.wait({producer})
+
+async def _aclose(stream: object) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 #: Producers of runs whose client left while `finish_on_disconnect` holds.
@@ -249,6 +445,21 @@ class _StreamingResponse(StreamingResponse):
     gunicorn's asgi worker report 2.4+, and the run would then go on until a
     write fails. Listening ourselves stops it at once everywhere.
     """
+
+    async def stream_response(self, send: Send) -> None:
+        body = self.body_iterator
+        if not isinstance(body, RunStream):
+            await super().stream_response(send)
+            return
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+
+        async def write(chunk: bytes) -> None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        await body.send_to(write)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tg:
