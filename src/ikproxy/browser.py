@@ -35,6 +35,8 @@ __all__ = [
     "process_streaming_response_sync",
 ]
 
+_INCOMPLETE = "the stream ended without a result or error event"
+
 OnProgress = Callable[[Progress], Union[Awaitable[None], None]]
 Format = Literal["sse", "ndjson"]
 
@@ -73,6 +75,9 @@ class _Reader:
                 for value in values:
                     out.extend(self.object(value))
         except (SSEError, NDJSONError) as exc:
+            if final and self.results is None:
+                # A last line cut in the middle: the connection dropped.
+                raise IncompleteStream(_INCOMPLETE) from None
             raise StreamError("invalid_stream", f"malformed stream: {exc}") from None
         return out
 
@@ -111,7 +116,7 @@ class _Reader:
 
     def outcome(self) -> Results:
         if self.results is None:
-            raise IncompleteStream("the stream ended without a result or error event")
+            raise IncompleteStream(_INCOMPLETE)
         return self.results
 
 
