@@ -92,7 +92,7 @@ async def test_a_cut_stream_raises_incomplete_stream(fmt: str) -> None:
     data = await _wire(fmt)
     cut = data[: data.rindex(b"result") - 10]
     with pytest.raises(
-        IncompleteStream, match="^the stream ended without a result or error event$"
+        IncompleteStream, match=r"^the stream ended without a result or error event$"
     ):
         await process_readable_stream([cut])
 
