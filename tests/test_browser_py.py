@@ -199,3 +199,28 @@ async def test_streaming_response_picks_the_format_from_the_content_type() -> No
         response = await http.get("http://x/run")
         results = await process_streaming_response(response)
     assert len(results) == 1
+
+
+def test_progress_that_arrives_with_the_error_is_passed_on_first() -> None:
+    data = (
+        b'event: progress\ndata: {"state": "STARTED"}\n\n'
+        b'event: error\ndata: {"code": "timeout", "message": "late"}\n\n'
+    )
+    seen: list[str] = []
+    with pytest.raises(StreamError, match="^timeout: late$"):
+        process_readable_stream_sync([data], lambda p: seen.append(p.state))
+    assert seen == ["STARTED"]
+
+
+def test_progress_before_a_malformed_ndjson_line_is_passed_on_first() -> None:
+    data = b'{"type": "progress", "state": "STARTED"}\n{oops\n'
+    seen: list[str] = []
+    with pytest.raises(StreamError, match="^invalid_stream: malformed stream: line 2"):
+        process_readable_stream_sync([data], lambda p: seen.append(p.state))
+    assert seen == ["STARTED"]
+
+
+def test_the_data_of_unknown_event_types_is_not_parsed() -> None:
+    data = b"event: later\ndata: not json at all\n\n"
+    data += b'event: result\ndata: {"state": "SUCCESS", "results": {"outputs": []}}\n\n'
+    assert len(process_readable_stream_sync([data])) == 0

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 from .codecs.ndjson import NDJSONDecoder, NDJSONError
 from .codecs.sse import SSEDecoder, SSEError
-from .errors import IncompleteStream, StreamError
+from .errors import IkproxyError, IncompleteStream, StreamError
 from .model import Progress, Results
 from .protocol import ERROR, KEEPALIVE, PROGRESS, RESULT
 
@@ -42,15 +42,27 @@ Format = Literal["sse", "ndjson"]
 
 
 class _Reader:
-    """Sans-I/O: wire bytes (or NDJSON objects) in, progress and a final outcome out."""
+    """Sans-I/O: wire bytes (or NDJSON objects) in, progress and a final outcome out.
+
+    Every method returns the progress decoded so far; a terminal event, a
+    malformed stream or a cut one is recorded (not raised) so that the caller
+    can first pass on the progress that arrived with it, then call `outcome()`.
+    """
 
     def __init__(self, format: Format | None = None) -> None:
         self.format = format
         self._sse = SSEDecoder()
         self._ndjson = NDJSONDecoder()
         self.results: Results | None = None
+        self.error: IkproxyError | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.results is not None or self.error is not None
 
     def feed(self, chunk: bytes) -> list[Progress]:
+        if self.finished:
+            return []
         if self.format is None:
             stripped = chunk.lstrip()
             if not stripped:
@@ -59,72 +71,88 @@ class _Reader:
         return self._decode(chunk, final=False)
 
     def close(self) -> list[Progress]:
-        if self.format is None:
+        if self.finished or self.format is None:
             return []
         return self._decode(b"", final=True)
 
     def _decode(self, chunk: bytes, final: bool) -> list[Progress]:
         out: list[Progress] = []
-        try:
-            if self.format == "sse":
+        problem: Exception | None = None
+        if self.format == "sse":
+            try:
                 events = self._sse.close() if final else self._sse.feed(chunk)
-                for event in events:
-                    out.extend(self.message(event.event, _loads(event.data)))
-            else:
+            except SSEError as exc:
+                events, problem = exc.events, exc
+            for event in events:
+                out.extend(self.message(event.event, event.data))
+        else:
+            try:
                 values = self._ndjson.close() if final else self._ndjson.feed(chunk)
-                for value in values:
-                    out.extend(self.object(value))
-        except (SSEError, NDJSONError) as exc:
-            if final and self.results is None:
-                # A last line cut in the middle: the connection dropped.
-                raise IncompleteStream(_INCOMPLETE) from None
-            raise StreamError("invalid_stream", f"malformed stream: {exc}") from None
+            except NDJSONError as exc:
+                values, problem = exc.values, exc
+            for value in values:
+                out.extend(self.object(value))
+        if problem is not None and not self.finished:
+            if final:  # a last line cut in the middle: the connection dropped
+                self.error = IncompleteStream(_INCOMPLETE)
+            else:
+                self.error = StreamError("invalid_stream", f"malformed stream: {problem}")
         return out
 
     def object(self, value: Any) -> list[Progress]:
         """One NDJSON wire object (with its `type`)."""
+        if self.finished:
+            return []
         if not isinstance(value, Mapping):
-            raise StreamError("invalid_stream", "malformed stream: a line is not a JSON object")
-        return self.message(value.get("type"), value)
+            return self._malformed("a line is not a JSON object")
+        return self._handle(value.get("type"), value)
 
-    def message(self, kind: Any, data: Any) -> list[Progress]:
-        if self.results is not None or kind == KEEPALIVE:
+    def message(self, kind: str | None, data: str) -> list[Progress]:
+        """One SSE event; the data of event types we do not know is never parsed."""
+        if self.finished or kind not in (PROGRESS, RESULT, ERROR):
+            return []
+        try:
+            value = json.loads(data)
+        except json.JSONDecodeError:
+            return self._malformed("event data is not JSON")
+        return self._handle(kind, value)
+
+    def _handle(self, kind: Any, data: Any) -> list[Progress]:
+        if self.finished or kind == KEEPALIVE:
             return []
         if kind == ERROR:
             if not isinstance(data, Mapping):
-                raise StreamError(
-                    "invalid_stream", "malformed stream: error event is not an object"
-                )
-            raise StreamError(
+                return self._malformed("error event is not an object")
+            request_id = data.get("request_id")
+            self.error = StreamError(
                 str(data.get("code") or "internal"),
                 str(data.get("message") or "The run failed."),
-                data.get("request_id") if isinstance(data.get("request_id"), str) else None,
+                request_id if isinstance(request_id, str) else None,
             )
+            return []
         if kind not in (PROGRESS, RESULT):
             return []  # unknown event types are for later protocol versions
         try:
             progress = Progress.from_json(data)
         except ValueError as exc:
-            raise StreamError("invalid_stream", f"malformed stream: {exc}") from None
+            return self._malformed(str(exc))
         if kind == RESULT:
             if progress.results is None:
-                raise StreamError(
-                    "invalid_stream", "malformed stream: result event without results"
-                )
+                return self._malformed("result event without results")
             self.results = progress.results
         return [progress]
 
+    def _malformed(self, why: str) -> list[Progress]:
+        self.error = StreamError("invalid_stream", f"malformed stream: {why}")
+        return []
+
     def outcome(self) -> Results:
+        """The results, or the recorded error raised; `IncompleteStream` if neither."""
+        if self.error is not None:
+            raise self.error
         if self.results is None:
             raise IncompleteStream(_INCOMPLETE)
         return self.results
-
-
-def _loads(data: str) -> Any:
-    try:
-        return json.loads(data)
-    except json.JSONDecodeError:
-        raise StreamError("invalid_stream", "malformed stream: event data is not JSON") from None
 
 
 async def _notify(on_progress: OnProgress | None, items: list[Progress]) -> None:
@@ -156,13 +184,13 @@ async def process_readable_stream(
     if isinstance(chunks, AsyncIterable):
         async for chunk in chunks:
             await _notify(on_progress, reader.feed(chunk))
-            if reader.results is not None:
-                return reader.results
+            if reader.finished:
+                return reader.outcome()
     else:
         for chunk in chunks:
             await _notify(on_progress, reader.feed(chunk))
-            if reader.results is not None:
-                return reader.results
+            if reader.finished:
+                return reader.outcome()
     await _notify(on_progress, reader.close())
     return reader.outcome()
 
@@ -174,8 +202,8 @@ def process_readable_stream_sync(
     reader = _Reader(format)
     for chunk in chunks:
         _notify_sync(on_progress, reader.feed(chunk))
-        if reader.results is not None:
-            return reader.results
+        if reader.finished:
+            return reader.outcome()
     _notify_sync(on_progress, reader.close())
     return reader.outcome()
 
@@ -193,8 +221,8 @@ async def process_json_stream(
     for item in source:
         items = reader.feed(item) if isinstance(item, bytes) else reader.object(item)
         await _notify(on_progress, items)
-        if reader.results is not None:
-            return reader.results
+        if reader.finished:
+            return reader.outcome()
     await _notify(on_progress, reader.close())
     return reader.outcome()
 
@@ -210,8 +238,8 @@ def process_json_stream_sync(
     for item in source:
         items = reader.feed(item) if isinstance(item, bytes) else reader.object(item)
         _notify_sync(on_progress, items)
-        if reader.results is not None:
-            return reader.results
+        if reader.finished:
+            return reader.outcome()
     _notify_sync(on_progress, reader.close())
     return reader.outcome()
 

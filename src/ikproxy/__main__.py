@@ -1,0 +1,7 @@
+"""`python -m ikproxy`: the `ikproxy` command line (see `ikproxy.cli`)."""
+
+from __future__ import annotations
+
+from .cli import main
+
+raise SystemExit(main())
