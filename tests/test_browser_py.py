@@ -207,7 +207,7 @@ def test_progress_that_arrives_with_the_error_is_passed_on_first() -> None:
         b'event: error\ndata: {"code": "timeout", "message": "late"}\n\n'
     )
     seen: list[str] = []
-    with pytest.raises(StreamError, match="^timeout: late$"):
+    with pytest.raises(StreamError, match=r"^timeout: late$"):
         process_readable_stream_sync([data], lambda p: seen.append(p.state))
     assert seen == ["STARTED"]
 
@@ -215,7 +215,7 @@ def test_progress_that_arrives_with_the_error_is_passed_on_first() -> None:
 def test_progress_before_a_malformed_ndjson_line_is_passed_on_first() -> None:
     data = b'{"type": "progress", "state": "STARTED"}\n{oops\n'
     seen: list[str] = []
-    with pytest.raises(StreamError, match="^invalid_stream: malformed stream: line 2"):
+    with pytest.raises(StreamError, match=r"^invalid_stream: malformed stream: line 2"):
         process_readable_stream_sync([data], lambda p: seen.append(p.state))
     assert seen == ["STARTED"]
 
