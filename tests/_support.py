@@ -96,16 +96,21 @@ def running_server(
     args: Sequence[str],
     *,
     ready: str,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     timeout: float = 30.0,
 ) -> Iterator[subprocess.Popen[str]]:
-    """Start a server process, wait until its output matches `ready`, stop it by pid on exit."""
+    """Start a server process, wait until its output matches `ready`, stop it by pid on exit.
+
+    `env` adds to the environment; a None value removes that variable.
+    """
+    environ = {**os.environ, **(env or {})}
+    environ = {key: value for key, value in environ.items() if value is not None}
     proc = subprocess.Popen(
         [sys.executable, *args] if args[0].endswith(".py") or args[0] == "-m" else list(args),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, **(env or {})},
+        env=environ,  # type: ignore[arg-type]
         start_new_session=True,
     )
     lines: queue.Queue[str | None] = queue.Queue()
