@@ -36,8 +36,8 @@ def proxy_request(request: Request, path: str) -> ProxyRequest:
 
 def to_starlette_response(response: ProxyResponse) -> Response:
     """The core's answer as a Starlette response (streams stop on client disconnect)."""
-    headers = dict(response.headers)
-    media_type = headers.pop("Content-Type", None)
+    headers = response.headers_without_content_type()
+    media_type = response.media_type
     if isinstance(response.body, bytes):
         return Response(response.body, response.status, headers, media_type)
     return _StreamingResponse(response.body, response.status, headers, media_type)

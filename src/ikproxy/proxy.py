@@ -21,7 +21,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 from urllib.parse import parse_qsl
 
 from .__about__ import __version__
@@ -47,7 +47,7 @@ from .server import (
     to_readable_stream,
 )
 
-__all__ = ["Proxy", "ProxyRequest", "ProxyResponse"]
+__all__ = ["METHODS", "Proxy", "ProxyRequest", "ProxyResponse", "SyncProxyResponse"]
 
 logger = logging.getLogger("ikproxy")
 
@@ -61,24 +61,39 @@ _ASSETS = {
 _JSON = "application/json"
 
 
+#: The methods a surface routes to the core, so that every one gets the same 405.
+METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 @dataclass
 class ProxyRequest:
     """A framework's request, described for the proxy.
 
     `path` is relative to where the proxy is mounted (`/run`, `/health`, ...);
-    `headers` names are lowercase; `native` is the framework's own request
-    object, handed to the `authorize` and `rate_limit_key` hooks.
+    `headers` is any mapping (or iterable of pairs), kept with lowercase names;
+    `query_string` may be bytes (decoded as Latin-1, as HTTP does); `native` is
+    the framework's own request object, handed to the `authorize` and
+    `rate_limit_key` hooks.
     """
 
     method: str
     path: str
-    query_string: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
+    query_string: str | bytes = ""
+    headers: Any = field(default_factory=dict)
     client: str | None = None
     native: Any = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.query_string, bytes):
+            self.query_string = self.query_string.decode("latin-1")
+        pairs = self.headers.items() if hasattr(self.headers, "items") else self.headers
+        self.headers = {str(key).lower(): str(value) for key, value in pairs}
+        if not self.path.startswith("/"):
+            self.path = "/" + self.path
+
     def header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
+        value: str | None = self.headers.get(name.lower())
+        return value
 
 
 @dataclass
@@ -97,6 +112,10 @@ class ProxyResponse:
     def streaming(self) -> bool:
         return not isinstance(self.body, bytes)
 
+    def headers_without_content_type(self) -> dict[str, str]:
+        """The headers but `Content-Type`, which most frameworks take as its own argument."""
+        return {k: v for k, v in self.headers.items() if k != "Content-Type"}
+
 
 @dataclass
 class SyncProxyResponse:
@@ -107,8 +126,16 @@ class SyncProxyResponse:
     body: bytes | Iterator[bytes] = b""
 
     @property
+    def media_type(self) -> str | None:
+        return self.headers.get("Content-Type")
+
+    @property
     def streaming(self) -> bool:
         return not isinstance(self.body, bytes)
+
+    def headers_without_content_type(self) -> dict[str, str]:
+        """The headers but `Content-Type`, which most frameworks take as its own argument."""
+        return {k: v for k, v in self.headers.items() if k != "Content-Type"}
 
 
 @dataclass
@@ -309,7 +336,10 @@ class Proxy:
     # -- parsing ----------------------------------------------------------------
 
     def _parse(self, request: ProxyRequest, raw: bytes, request_id: str) -> _RunSpec:
-        query = _single_values(parse_qsl(request.query_string, keep_blank_values=True), "query")
+        query_string = request.query_string
+        if isinstance(query_string, bytes):  # only if changed after __post_init__
+            query_string = query_string.decode("latin-1")
+        query = _single_values(parse_qsl(query_string, keep_blank_values=True), "query")
         format = _negotiate(query.pop("format", None), request.header("accept"))
         inputs: list[BaseIO] = []
         if request.method.upper() == "GET":

@@ -120,7 +120,7 @@ def _proxy_request(request: HttpRequest, path: str) -> ProxyRequest:
         method=request.method or "GET",
         path="/" + path,
         query_string=request.META.get("QUERY_STRING", ""),
-        headers={key.lower(): value for key, value in request.headers.items()},
+        headers=request.headers,
         client=request.META.get("REMOTE_ADDR"),
         native=request,
     )

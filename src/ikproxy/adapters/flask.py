@@ -30,11 +30,10 @@ from flask import Blueprint, Request, Response, request
 
 from ..deployments import Deployment
 from ..policy import Policy
-from ..proxy import Proxy, ProxyRequest, SyncProxyResponse
+from ..proxy import METHODS, Proxy, ProxyRequest, SyncProxyResponse
 
 __all__ = ["ProxyBlueprint", "blueprint"]
 
-_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _CHUNK = 64 * 1024
 
 
@@ -67,8 +66,8 @@ def blueprint(
         answer = proxy.handle_sync(_proxy_request(native, path), _body(native.stream))
         return _to_response(answer)
 
-    bp.add_url_rule("/", "proxy_root", endpoint, methods=_METHODS, defaults={"path": ""})
-    bp.add_url_rule("/<path:path>", "proxy", endpoint, methods=_METHODS)
+    bp.add_url_rule("/", "proxy_root", endpoint, methods=list(METHODS), defaults={"path": ""})
+    bp.add_url_rule("/<path:path>", "proxy", endpoint, methods=list(METHODS))
     return bp
 
 
@@ -76,8 +75,8 @@ def _proxy_request(native: Request, path: str) -> ProxyRequest:
     return ProxyRequest(
         method=native.method,
         path="/" + path,
-        query_string=native.query_string.decode("latin-1"),
-        headers={key.lower(): value for key, value in native.headers.items()},
+        query_string=native.query_string,
+        headers=native.headers,
         client=native.remote_addr,
         native=native,
     )
@@ -89,8 +88,8 @@ def _body(stream: IO[bytes]) -> Iterator[bytes]:
 
 
 def _to_response(answer: SyncProxyResponse) -> Response:
-    headers = dict(answer.headers)
-    content_type = headers.pop("Content-Type", None)
+    headers = answer.headers_without_content_type()
+    content_type = answer.media_type
     # direct_passthrough: the iterator goes to the server as is, chunk by chunk,
     # and the server's close() reaches it (closing the run).
     return Response(

@@ -89,7 +89,7 @@ def _proxy_request(request: Request[Any, Any, Any]) -> ProxyRequest:
         method=request.method,
         path=str(request.path_params.get("path", "/")),
         query_string=request.scope["query_string"].decode("latin-1"),
-        headers={key.lower(): value for key, value in request.headers.items()},
+        headers=request.headers,
         client=request.client.host if request.client else None,
         native=request,
     )

@@ -22,11 +22,9 @@ from quart import Blueprint, Request, Response, request
 
 from ..deployments import Deployment
 from ..policy import Policy
-from ..proxy import Proxy, ProxyRequest, ProxyResponse
+from ..proxy import METHODS, Proxy, ProxyRequest, ProxyResponse
 
 __all__ = ["blueprint"]
-
-_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def blueprint(
@@ -50,8 +48,8 @@ def blueprint(
         answer = await proxy.handle(_proxy_request(native, path), native.body)
         return _to_response(answer)
 
-    bp.add_url_rule("/", "proxy_root", endpoint, methods=_METHODS, defaults={"path": ""})
-    bp.add_url_rule("/<path:path>", "proxy", endpoint, methods=_METHODS)
+    bp.add_url_rule("/", "proxy_root", endpoint, methods=list(METHODS), defaults={"path": ""})
+    bp.add_url_rule("/<path:path>", "proxy", endpoint, methods=list(METHODS))
     return bp
 
 
@@ -59,16 +57,16 @@ def _proxy_request(native: Request, path: str) -> ProxyRequest:
     return ProxyRequest(
         method=native.method,
         path="/" + path,
-        query_string=native.query_string.decode("latin-1"),
-        headers={key.lower(): value for key, value in native.headers.items()},
+        query_string=native.query_string,
+        headers=native.headers,
         client=native.remote_addr,
         native=native,
     )
 
 
 def _to_response(answer: ProxyResponse) -> Response:
-    headers = dict(answer.headers)
-    content_type = headers.pop("Content-Type", None)
+    headers = answer.headers_without_content_type()
+    content_type = answer.media_type
     response = Response(
         answer.body, status=answer.status, headers=headers, content_type=content_type
     )

@@ -26,13 +26,11 @@ from sanic import Blueprint, HTTPResponse, Request, Sanic
 
 from ..deployments import Deployment
 from ..policy import Policy
-from ..proxy import Proxy, ProxyRequest
+from ..proxy import METHODS, Proxy, ProxyRequest
 
 __all__ = ["blueprint"]
 
 logger = logging.getLogger("ikproxy")
-
-_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def blueprint(
@@ -64,8 +62,8 @@ def blueprint(
 
     async def endpoint(request: Request, path: str = "") -> HTTPResponse | None:
         answer = await proxy.handle(_proxy_request(request, path), _body(request))
-        headers = dict(answer.headers)
-        content_type = headers.pop("Content-Type", None)
+        headers = answer.headers_without_content_type()
+        content_type = answer.media_type
         if isinstance(answer.body, bytes):
             return HTTPResponse(
                 answer.body, status=answer.status, headers=headers, content_type=content_type
@@ -84,8 +82,8 @@ def blueprint(
         return None
 
     bp.before_server_start(fit_keepalive)
-    bp.add_route(endpoint, "/", methods=_METHODS, name="proxy_root", stream=True)
-    bp.add_route(endpoint, "/<path:path>", methods=_METHODS, name="proxy", stream=True)
+    bp.add_route(endpoint, "/", methods=list(METHODS), name="proxy_root", stream=True)
+    bp.add_route(endpoint, "/<path:path>", methods=list(METHODS), name="proxy", stream=True)
     return bp
 
 
@@ -94,7 +92,7 @@ def _proxy_request(request: Request, path: str) -> ProxyRequest:
         method=request.method,
         path="/" + path,
         query_string=request.query_string,
-        headers={key.lower(): value for key, value in request.headers.items()},
+        headers=request.headers,
         client=request.ip or None,
         native=request,
     )
