@@ -409,3 +409,26 @@ def test_json_error_bodies_are_parseable(client: TestClient) -> None:
             "request_id": response.headers["x-request-id"],
         }
     }
+
+
+class _AsyncLimiter(TokenBucket):
+    """A limiter whose `acquire` is async, as one backed by a shared store would be."""
+
+    async def acquire(self, key: str) -> float | None:  # type: ignore[override]
+        return super().acquire(key)
+
+
+def test_async_rate_limit_key_and_async_limiter(deployment: ScriptedDeployment) -> None:
+    keys: list[str] = []
+
+    async def key(request: Request) -> str:
+        keys.append(request.headers["x-user"])
+        return request.headers["x-user"]
+
+    limiter = _AsyncLimiter(rate=0.001, burst=1)
+    with _client(deployment, rate_limit=limiter, rate_limit_key=key) as client:
+        first = client.get("/api/run", params={"prompt": "x"}, headers={"X-User": "ann"})
+        second = client.get("/api/run", params={"prompt": "x"}, headers={"X-User": "ann"})
+        other = client.get("/api/run", params={"prompt": "x"}, headers={"X-User": "bob"})
+    assert (first.status_code, second.status_code, other.status_code) == (200, 429, 200)
+    assert keys == ["ann", "ann", "bob"]

@@ -151,9 +151,12 @@ def _invalid(message: str) -> HTTPError:
 
 
 class RateLimiter:
-    """The rate-limit hook's shape: `acquire(key)` gives None (go) or seconds to wait."""
+    """The rate-limit hook's shape: `acquire(key)` gives None (go) or seconds to wait.
 
-    def acquire(self, key: str) -> float | None:  # pragma: no cover - interface
+    `acquire` may also be `async` (a shared store such as Redis, say).
+    """
+
+    def acquire(self, key: str) -> MaybeAwaitable[float | None]:  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -213,7 +216,7 @@ class Policy:
     max_upload_bytes: int = 10 * 1024 * 1024
     authorize: Authorize | None = None
     rate_limit: RateLimiter | None = field(default_factory=TokenBucket)
-    rate_limit_key: Callable[[Any], str] | None = None
+    rate_limit_key: Callable[[Any], MaybeAwaitable[str]] | None = None
     timeout: float | None = 300.0
     keepalive: float = 15.0
     retry_ms: int | None = 3000

@@ -28,7 +28,7 @@ from .__about__ import __version__
 from .deployments import Deployment
 from .io import BaseIO, ImageIO
 from .model import Progress
-from .policy import HTTPError, Policy
+from .policy import HTTPError, Policy, RateLimiter
 from .protocol import (
     ERROR_MESSAGES,
     HTTP_STATUS,
@@ -278,20 +278,29 @@ class Proxy:
             raise HTTPError(403, "forbidden", "Not allowed.")
 
     def _rate_limit(self, request: ProxyRequest) -> Awaitable[None] | None:
+        """Take a token for the caller's key; sync hooks and limiters run right here."""
         limiter = self.policy.rate_limit
         if limiter is None:
             return None
         key_fn = self.policy.rate_limit_key
-        key = key_fn(request.native) if key_fn else (request.client or "anonymous")
-        wait = limiter.acquire(key)
+        key: Any = key_fn(request.native) if key_fn else (request.client or "anonymous")
+        if inspect.isawaitable(key):
+            return self._rate_limit_after(limiter, key)
+        wait = limiter.acquire(str(key))
         if inspect.isawaitable(wait):
-            return self._rate_limit_after(wait)
+            return self._rate_limit_after(limiter, wait=wait)
         _check_wait(wait)
         return None
 
     @staticmethod
-    async def _rate_limit_after(wait: Awaitable[float | None]) -> None:
-        _check_wait(await wait)
+    async def _rate_limit_after(
+        limiter: RateLimiter, key: Awaitable[Any] | None = None, wait: Any = None
+    ) -> None:
+        if key is not None:
+            wait = limiter.acquire(str(await key))
+        if inspect.isawaitable(wait):
+            wait = await wait
+        _check_wait(wait)
 
     # -- body -----------------------------------------------------------------
 
