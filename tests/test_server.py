@@ -270,3 +270,108 @@ def test_the_sync_bridge_runs_a_whole_stream_from_plain_threads() -> None:
         thread.join(timeout=10)
     assert len(outputs) == 3
     assert all(len(_sse(o)) == 3 for o in outputs)
+
+
+# -- the ASGI fast path: RunStream.send_to -------------------------------------------
+
+
+async def _send_to(stream: AsyncIterator[Any], **options: Any) -> list[bytes]:
+    writes: list[bytes] = []
+
+    async def write(chunk: bytes) -> None:
+        writes.append(chunk)
+
+    await to_readable_stream(stream, **options).send_to(write)
+    return writes
+
+
+async def test_send_to_writes_the_preamble_with_the_first_event() -> None:
+    writes = await _send_to(_items(default_script()))
+    assert len(writes) == 3
+    assert writes[0].startswith(b": ikproxy protocol 1\nretry: 3000\n\nevent: progress\nid: 1\n")
+    assert [e.event for e in _sse(b"".join(writes))] == ["progress", "progress", "result"]
+    assert b"".join(writes) == await _collect(to_readable_stream(_items(default_script())))
+
+
+async def test_send_to_writes_the_preamble_alone_when_the_first_event_is_slow() -> None:
+    release = anyio.Event()
+    writes: list[bytes] = []
+
+    async def write(chunk: bytes) -> None:
+        writes.append(chunk)
+        release.set()  # the preamble went out while the upstream was silent
+
+    async def slow() -> AsyncIterator[Progress]:
+        await release.wait()
+        yield default_script()[2]
+
+    with anyio.fail_after(5):
+        await to_readable_stream(slow()).send_to(write)
+    assert writes[0] == b": ikproxy protocol 1\nretry: 3000\n\n"
+    assert writes[1].startswith(b"event: result\n")
+
+
+async def test_send_to_sends_keepalives_while_the_upstream_is_silent() -> None:
+    release = anyio.Event()
+    writes: list[bytes] = []
+
+    async def write(chunk: bytes) -> None:
+        writes.append(chunk)
+        if writes.count(b": keepalive\n\n") == 2:
+            release.set()
+
+    async def slow() -> AsyncIterator[Progress]:
+        yield default_script()[0]
+        await release.wait()
+        yield default_script()[2]
+
+    with anyio.fail_after(5):
+        await to_readable_stream(slow(), keepalive=0.05).send_to(write)
+    assert writes[1:3] == [b": keepalive\n\n", b": keepalive\n\n"]
+    assert writes[-1].startswith(b"event: result\n")
+
+
+async def test_send_to_ends_with_a_safe_error_event() -> None:
+    writes = await _send_to(_items([default_script()[0], RuntimeError("secret")]), request_id="r")
+    events = _sse(b"".join(writes))
+    assert [e.event for e in events] == ["progress", "error"]
+    assert json.loads(events[1].data) == {
+        "code": "internal",
+        "message": "An internal error occurred.",
+        "request_id": "r",
+    }
+
+
+async def test_send_to_closes_the_upstream_when_cancelled() -> None:
+    closed = anyio.Event()
+    started = anyio.Event()
+
+    async def upstream() -> AsyncIterator[Progress]:
+        try:
+            yield default_script()[0]
+            started.set()
+            await anyio.sleep_forever()
+            yield default_script()[2]
+        finally:
+            closed.set()
+
+    async def write(chunk: bytes) -> None:
+        pass
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(to_readable_stream(upstream()).send_to, write)
+        await started.wait()
+        tg.cancel_scope.cancel()
+    with anyio.fail_after(1):
+        await closed.wait()
+
+
+async def test_a_run_stream_is_consumed_once() -> None:
+    stream = to_readable_stream(_items(default_script()))
+    await _collect(stream)
+    with pytest.raises(RuntimeError, match=r"^a RunStream can be consumed only once$"):
+        await stream.send_to(_noop)
+
+
+async def _noop(chunk: bytes) -> None:
+    del chunk

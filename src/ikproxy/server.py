@@ -317,12 +317,14 @@ class RunStream:
                     await self.aclose()
             return
         self._claim()
-        writer = _KeepaliveWriter(write, self.keepalive, self._encoder.keepalive())
+        writer = _KeepaliveWriter(
+            write,
+            self.keepalive,
+            self._encoder.keepalive(),
+            prefix=self._encoder.preamble(self.retry_ms),
+        )
         upstream = aiter(self._stream)
         try:
-            preamble = self._encoder.preamble(self.retry_ms)
-            if preamble:
-                await writer.write(preamble)
             try:
                 with _deadline(self.timeout):
                     while True:
@@ -348,29 +350,41 @@ class _KeepaliveWriter:
     """Writes chunks in order, and a keepalive whenever nothing was written for a while.
 
     One timer per stream, re-armed from the time of the last write: a busy
-    stream pays a clock read per event, not a timer.
+    stream pays a clock read per event, not a timer. A `prefix` (the stream's
+    preamble) goes out with the first chunk, in one write, or on its own
+    after `prefix_delay` if the first chunk is slow to come.
     """
 
-    def __init__(self, write: Write, interval: float, payload: bytes) -> None:
+    def __init__(
+        self,
+        write: Write,
+        interval: float,
+        payload: bytes,
+        prefix: bytes = b"",
+        prefix_delay: float = 0.05,
+    ) -> None:
         self._write = write
         self._interval = interval
         self._payload = payload
+        self._prefix = prefix
         self._loop = asyncio.get_running_loop()
         self._last = self._loop.time()
         self._pending: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = self._loop.call_later(interval, self._tick)
+        first = min(prefix_delay, interval) if prefix else interval
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(first, self._tick)
         self.broken = False
 
     def _tick(self) -> None:
         idle = self._loop.time() - self._last
-        if idle >= self._interval * 0.999 and self._pending is None:
-            self._pending = self._loop.create_task(self._send_keepalive())
+        if self._pending is None and (self._prefix or idle >= self._interval * 0.999):
+            payload, self._prefix = self._prefix or self._payload, b""
+            self._pending = self._loop.create_task(self._send_alone(payload))
             idle = 0.0
-        self._timer = self._loop.call_later(self._interval - idle, self._tick)
+        self._timer = self._loop.call_later(max(self._interval - idle, 0.001), self._tick)
 
-    async def _send_keepalive(self) -> None:
+    async def _send_alone(self, payload: bytes) -> None:
         try:
-            await self._write(self._payload)
+            await self._write(payload)
             self._last = self._loop.time()
         except Exception:
             self.broken = True  # the next write raises too; the disconnect ends the run
@@ -380,6 +394,8 @@ class _KeepaliveWriter:
     async def write(self, chunk: bytes) -> None:
         if self._pending is not None:
             await self._pending
+        if self._prefix:
+            chunk, self._prefix = self._prefix + chunk, b""
         try:
             await self._write(chunk)
         except BaseException:
@@ -483,10 +499,9 @@ class _StreamingResponse(StreamingResponse):
                 # Starlette never closes the body iterator: cancelled while
                 # blocked in send(), the run would wait for the GC.
                 aclose = getattr(self.body_iterator, "aclose", None)
-                with anyio.CancelScope(shield=True):
-                    if aclose is not None:
+                if aclose is not None:
+                    with anyio.CancelScope(shield=True):
                         await aclose()
-                    await asyncio.wait({listener})
         if self.background is not None:
             await self.background()
 
