@@ -206,7 +206,9 @@ class Policy:
       the framework's own request object.
     * `timeout`: a deadline per run in seconds; `keepalive`: the idle interval for
       keepalive comments; `finish_on_disconnect`: let a run finish when its client leaves.
-    * `expose_errors`: a map from error code to a message to send instead of the default.
+    * `resume_window`: make runs resumable (see `ikproxy.runs`): a run goes on without
+      its client for this many seconds, and a reconnecting client resumes it from its
+      `Last-Event-ID`.
     """
 
     parameters: Mapping[str, Param | type] = field(default_factory=dict)
@@ -221,6 +223,7 @@ class Policy:
     keepalive: float = 15.0
     retry_ms: int | None = 3000
     finish_on_disconnect: bool = False
+    resume_window: float | None = None
 
     def __post_init__(self) -> None:
         params: dict[str, Param] = {}
@@ -237,6 +240,8 @@ class Policy:
         self.parameters = params
         if self.keepalive <= 0:
             raise ValueError("keepalive must be a positive number of seconds")
+        if self.resume_window is not None and self.resume_window <= 0:
+            raise ValueError("resume_window must be a positive number of seconds")
         if self.max_upload_bytes < 0 or self.max_inputs < 0:
             raise ValueError("max_upload_bytes and max_inputs must not be negative")
 

@@ -37,7 +37,9 @@ from .protocol import (
     SSE_MEDIA_TYPE,
     error_body,
 )
+from .runs import RunRegistry, SharedRun, parse_position
 from .server import (
+    RunStream,
     StreamFormat,
     blocking_portal,
     error_code,
@@ -170,6 +172,9 @@ class Proxy:
             raise TypeError("pass either a Policy or policy keyword arguments, not both")
         self.deployment = deployment
         self.policy = policy or Policy(**options)
+        window = self.policy.resume_window
+        #: The resumable runs, when `resume_window` is set.
+        self.runs: RunRegistry | None = RunRegistry(window) if window else None
 
     # -- entry points -------------------------------------------------------
 
@@ -183,6 +188,9 @@ class Proxy:
             if route is not None:
                 return route
             await _resolve(self._admit(request))
+            resumed = self._resume(request, request_id)
+            if resumed is not None:
+                return resumed
             raw = await self._read_body_async(request, body)
             spec = self._parse(request, raw, request_id)
             return await self._start(spec)
@@ -205,9 +213,13 @@ class Proxy:
             pending = self._admit(request)
             if inspect.isawaitable(pending):
                 blocking_portal().call(_resolve, pending)
-            raw = self._read_body_sync(request, body)
-            spec = self._parse(request, raw, request_id)
-            response = blocking_portal().call(self._start, spec)
+            resumed = self._resume(request, request_id)
+            if resumed is not None:
+                response = resumed
+            else:
+                raw = self._read_body_sync(request, body)
+                spec = self._parse(request, raw, request_id)
+                response = blocking_portal().call(self._start, spec)
         except HTTPError as exc:
             response = _error_response(exc, request_id)
         if isinstance(response.body, bytes):
@@ -425,6 +437,13 @@ class Proxy:
             logger.error("run refused [request_id=%s code=%s]", spec.request_id, code, exc_info=exc)
             await _aclose(stream)
             raise HTTPError(HTTP_STATUS[code], code, ERROR_MESSAGES[code]) from None
+        headers = stream_headers(spec.format, spec.request_id)
+        if self.runs is not None:
+            run = self.runs.start(
+                _prepend(first, stream), request_id=spec.request_id, timeout=policy.timeout
+            )
+            body = self._follow(run, spec.format, spec.request_id, after=0)
+            return ProxyResponse(200, headers, body)
         body = to_readable_stream(
             _prepend(first, stream),
             format=spec.format,
@@ -434,7 +453,41 @@ class Proxy:
             timeout=policy.timeout,
             finish_on_disconnect=policy.finish_on_disconnect,
         )
-        return ProxyResponse(200, stream_headers(spec.format, spec.request_id), body)
+        return ProxyResponse(200, headers, body)
+
+    # -- resumable runs -----------------------------------------------------------
+
+    def _follow(
+        self, run: SharedRun, format: StreamFormat, request_id: str, after: int
+    ) -> RunStream:
+        return RunStream(
+            run.follow(after),
+            format=format,
+            keepalive=self.policy.keepalive,
+            retry_ms=self.policy.retry_ms,
+            request_id=request_id,
+            first_id=after + 1,
+            id_prefix=f"{run.token}:",
+        )
+
+    def _resume(self, request: ProxyRequest, request_id: str) -> ProxyResponse | None:
+        """The stream of a run resumed from its `Last-Event-ID`, or None for a new run."""
+        if self.runs is None or request.path.strip("/") != "run":
+            return None
+        query = dict(parse_qsl(str(request.query_string), keep_blank_values=True))
+        last_event_id = request.header("last-event-id") or query.get("last_event_id")
+        if not last_event_id:
+            return None
+        position = parse_position(last_event_id)
+        if position is None:
+            raise HTTPError(400, "invalid_parameter", "Last-Event-ID is not a resume position")
+        run = self.runs.get(position[0])
+        if run is None:
+            raise HTTPError(410, "resume_expired", "the run to resume is unknown or has expired")
+        format = _negotiate(query.get("format"), request.header("accept"))
+        after = min(position[1], len(run.items))
+        body = self._follow(run, format, request_id, after)
+        return ProxyResponse(200, stream_headers(format, request_id), body)
 
 
 # -- helpers ---------------------------------------------------------------------

@@ -102,13 +102,18 @@ def stream_headers(format: StreamFormat, request_id: str | None = None) -> dict[
 
 
 class _Encoder:
-    """Frames wire objects as SSE events or NDJSON lines, numbering them from 1."""
+    """Frames wire objects as SSE events or NDJSON lines, numbering them from `first_id`.
 
-    def __init__(self, format: StreamFormat) -> None:
+    With an `id_prefix` (a resumable run's token and a colon) every id is the
+    text `<prefix><n>`, in NDJSON too; otherwise NDJSON ids are integers.
+    """
+
+    def __init__(self, format: StreamFormat, first_id: int = 1, id_prefix: str = "") -> None:
         if format not in ("sse", "ndjson"):
             raise ValueError(f"format must be 'sse' or 'ndjson', not {format!r}")
         self.sse = format == "sse"
-        self.next_id = 1
+        self.next_id = first_id
+        self.id_prefix = id_prefix
 
     def preamble(self, retry_ms: int | None) -> bytes:
         if not self.sse:
@@ -121,14 +126,16 @@ class _Encoder:
         return encode_comment("keepalive") + b"\n" if self.sse else b'{"type":"keepalive"}\n'
 
     def event(self, kind: str, obj: Mapping[str, Any]) -> bytes:
-        event_id = self.next_id
+        number = self.next_id
         self.next_id += 1
+        event_id: int | str = f"{self.id_prefix}{number}" if self.id_prefix else number
         if self.sse:
-            # Compact JSON never holds a raw CR or LF, so the data is one line.
+            # Compact JSON never holds a raw CR or LF, so the data is one line; the
+            # id is our own text, never CR, LF or NUL.
             payload = encode_line(obj)
             return b"".join(
                 (
-                    b"event: %s\nid: %d\ndata: " % (kind.encode(), event_id),
+                    b"event: %s\nid: %s\ndata: " % (kind.encode(), str(event_id).encode()),
                     memoryview(payload)[:-1],
                     b"\n\n",
                 )
@@ -180,9 +187,11 @@ class RunStream:
         request_id: str | None = None,
         timeout: float | None = None,
         finish_on_disconnect: bool = False,
+        first_id: int = 1,
+        id_prefix: str = "",
     ) -> None:
         self._stream = stream
-        self._encoder = _Encoder(format)
+        self._encoder = _Encoder(format, first_id, id_prefix)
         self.keepalive = keepalive
         self.retry_ms = retry_ms
         self.request_id = request_id or new_request_id()
@@ -202,7 +211,8 @@ class RunStream:
 
     def _encode_error(self, exc: BaseException) -> bytes:
         code = error_code(exc)
-        logger.error("run failed [request_id=%s code=%s]", self.request_id, code, exc_info=exc)
+        if not getattr(exc, "logged", False):
+            logger.error("run failed [request_id=%s code=%s]", self.request_id, code, exc_info=exc)
         body = {"code": code, "message": ERROR_MESSAGES[code], "request_id": self.request_id}
         return self._encoder.event(ERROR, body)
 
