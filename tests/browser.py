@@ -83,7 +83,9 @@ def create_test_app() -> Starlette:
     * `/fail/run`: a run that fails after its first progress (an `error` event);
     * `/answer/run`: a run with three outputs: an image, JSON data, another image;
     * `/truncated.sse`, `/truncated.ndjson`: 200 streams cut before a terminal event;
-    * `/shared/`, `/plain/`: the example pages, which load `/api/ikproxy.js`.
+    * `/shared/`, `/plain/`: the example pages, which load `/api/ikproxy.js`;
+    * `/resumable/run`: the demo's `generate` with resumable runs, behind a cutter that
+      drops the connection of every new run after its third event.
     """
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -123,6 +125,9 @@ def create_test_app() -> Starlette:
     edges = create_app(demo, task="edges", max_inputs=1, rate_limit=unlimited)
     fail = create_app(failing, parameters={"prompt": str}, rate_limit=unlimited)
     answers = create_app(failing, task="answer", max_inputs=0, rate_limit=unlimited)
+    resumable = create_app(
+        demo, task="generate", parameters={"prompt": str}, rate_limit=unlimited, resume_window=30
+    )
 
     def cut(body: bytes, media_type: str) -> Any:
         async def endpoint(request: Request) -> Response:
@@ -144,11 +149,39 @@ def create_test_app() -> Starlette:
                 StaticFiles(directory=ROOT / "examples" / "frontends" / "plain", html=True),
             ),
             Mount("/fail", app=fail),
+            Mount("/resumable", app=_CutAfterEvents(resumable, 3)),
             Mount("/answer", app=answers),
             Mount("/api/edges", app=edges),
             Mount("/api", app=generate),
         ]
     )
+
+
+class _CutAfterEvents:
+    """ASGI middleware: drops the connection of a new run's stream after `count` events.
+
+    A request that resumes a run (it names a `last_event_id`) is passed through.
+    """
+
+    def __init__(self, app: Any, count: int) -> None:
+        self.app = app
+        self.count = count
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or b"last_event_id" in scope.get("query_string", b""):
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+
+        async def cutting_send(message: Any) -> None:
+            nonlocal seen
+            await send(message)
+            if message["type"] == "http.response.body":
+                seen += message.get("body", b"").count(b"\nid: ")
+                if seen >= self.count:
+                    raise RuntimeError("connection cut by the test app")
+
+        await self.app(scope, receive, cutting_send)
 
 
 def app_command(port: int) -> list[str]:

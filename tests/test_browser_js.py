@@ -610,3 +610,31 @@ def test_the_module_and_its_types_are_served(base_url: str) -> None:
     assert b"export async function processStreamingResponse" in js_response.content
     assert types.status_code == 200
     assert b"export declare function processStreamingResponse" in types.content
+
+
+def test_run_resumes_a_resumable_run_after_a_lost_connection(page: Page) -> None:
+    out = js(
+        page,
+        """
+        const states = [];
+        const fetches = [];
+        const counting = (url, init) => { fetches.push(String(url)); return fetch(url, init); };
+        const results = await ik.run("/resumable/run", {prompt: "a lighthouse"},
+            {fetch: counting, onProgress: (p) => states.push([p.state, p.fraction])});
+        const cut = [];
+        try {
+            await ik.run("/resumable/run", {prompt: "no resume"}, {resume: 0});
+        } catch (e) { cut.push(e.name); }
+        return {states, fetches, outputs: results.getOutputs().length,
+                width: (await createImageBitmap(await results.getOutput(0).toBlob())).width, cut};
+        """,
+    )
+    assert len(out["fetches"]) == 2
+    assert "last_event_id=" in out["fetches"][1]
+    fractions = [f for _, f in out["states"] if f is not None]
+    assert fractions == sorted(fractions)  # nothing replayed twice, nothing lost
+    assert len(out["states"]) == len({tuple(s) for s in out["states"]})
+    assert out["states"][-1][0] == "SUCCESS"
+    assert out["outputs"] == 1
+    assert out["width"] == 512
+    assert out["cut"] == ["IncompleteStream"]

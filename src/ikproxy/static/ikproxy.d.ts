@@ -223,6 +223,11 @@ export interface RunOptions {
   image?: Blob | string | Array<Blob | string> | null;
   /** Extra request headers, such as `Authorization`. */
   headers?: Record<string, string>;
+  /**
+   * How many times a stream cut by a lost connection is resumed from its last
+   * event id, when the server keeps runs resumable (default 3; 0 never resumes).
+   */
+  resume?: number;
   /** The fetch function to use (default: the global one). */
   fetch?: typeof fetch;
 }

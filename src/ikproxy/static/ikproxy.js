@@ -612,6 +612,8 @@ class Reader {
     this.format = format;
     this.results = null;
     this.failure = null;
+    /** The id of the last progress or result event read: where a resumable run resumes. */
+    this.lastId = null;
     // Bad bytes become U+FFFD, as SSE says; the SSE decoder drops the one leading BOM.
     this._text = new TextDecoder("utf-8", { ignoreBOM: true });
     this._sse = new SSEDecoder();
@@ -682,13 +684,19 @@ class Reader {
     } catch {
       throw malformed("event data is not JSON");
     }
-    return this.message(event.type, data);
+    const items = this.message(event.type, data);
+    if (event.id) this.lastId = event.id;
+    return items;
   }
 
   /** One NDJSON wire object (with its `type`). */
   object(value) {
     if (!isPlainObject(value)) throw malformed("a line is not a JSON object");
-    return this.message(value.type, value);
+    const items = this.message(value.type, value);
+    if (value.type !== "keepalive" && (typeof value.id === "string" || typeof value.id === "number")) {
+      this.lastId = String(value.id);
+    }
+    return items;
   }
 
   message(kind, data) {
@@ -843,10 +851,18 @@ async function httpError(response) {
  * and `status`.
  */
 export async function processStreamingResponse(response, onProgress) {
+  return consumeResponse(response, onProgress, new Reader());
+}
+
+async function consumeResponse(response, onProgress, reader) {
   if (!response.ok) throw await httpError(response);
   if (response.body === null) throw new IncompleteStream("the response has no body");
-  return processReadableStream(response.body, onProgress, { format: formatOf(response) });
+  reader.format = formatOf(response);
+  return consume(response.body, reader, onProgress, (chunk) => reader.feed(asBytes(chunk)));
 }
+
+// A resumable run's event ids are `<token>:<n>` (see docs/protocol.md).
+const isResumePosition = (id) => typeof id === "string" && /^.+:\d+$/.test(id);
 
 // -- run: build the request, fetch, consume -----------------------------------------
 
@@ -870,9 +886,21 @@ function baseUrl() {
  * (multipart for Blobs, JSON for data URLs). `signal` aborts the request, which
  * closes the run on the server. `headers` are added to the request
  * (`Authorization`, say). `format` picks SSE (default) or NDJSON.
+ *
+ * When the server keeps runs resumable (its `resume_window`), a stream cut by a
+ * lost connection is resumed from its last event id, up to `resume` times (3 by
+ * default), with the same headers; `onProgress` simply goes on.
  */
 export async function run(url, params = {}, options = {}) {
-  const { onProgress, signal, format = null, image = null, headers = {}, fetch: fetchImpl = globalThis.fetch } = options;
+  const {
+    onProgress,
+    signal,
+    format = null,
+    image = null,
+    headers = {},
+    resume = 3,
+    fetch: fetchImpl = globalThis.fetch,
+  } = options;
   checkFormat(format);
   const target = new URL(url, baseUrl());
   if (format) target.searchParams.set("format", format);
@@ -902,14 +930,33 @@ export async function run(url, params = {}, options = {}) {
   } else {
     for (const [name, value] of entries) target.searchParams.set(name, String(value));
   }
-  let response;
-  try {
-    response = await fetchImpl(target.href, init);
-  } catch (error) {
-    if (error?.name === "AbortError") throw error;
-    throw new StreamError("network_error", "The server could not be reached.", null, { cause: error });
+  const send = async (href, request) => {
+    try {
+      return await fetchImpl(href, request);
+    } catch (error) {
+      if (error?.name === "AbortError") throw error;
+      throw new StreamError("network_error", "The server could not be reached.", null, { cause: error });
+    }
+  };
+  let response = await send(target.href, init);
+  for (let attempt = 1; ; attempt++) {
+    const reader = new Reader();
+    try {
+      return await consumeResponse(response, onProgress, reader);
+    } catch (error) {
+      const position = reader.lastId;
+      if (!(error instanceof IncompleteStream) || !isResumePosition(position) || attempt > resume || signal?.aborted) {
+        throw error;
+      }
+      // Resume: a GET naming the last event seen; the server replays what followed.
+      await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** (attempt - 1)));
+      const again = new URL(target.href);
+      again.searchParams.set("last_event_id", position);
+      const resumeHeaders = { ...init.headers, "Last-Event-ID": position };
+      delete resumeHeaders["Content-Type"];
+      response = await send(again.href, { method: "GET", signal, headers: resumeHeaders });
+    }
   }
-  return processStreamingResponse(response, onProgress);
 }
 
 // -- a smooth progress estimate, for progress bars ---------------------------------
