@@ -16,11 +16,14 @@ import json
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Union
 
+import anyio
+
 from .codecs.ndjson import NDJSONDecoder, NDJSONError
 from .codecs.sse import SSEDecoder, SSEError
 from .errors import IkproxyError, IncompleteStream, StreamError
 from .model import Progress, Results
-from .protocol import ERROR, KEEPALIVE, PROGRESS, RESULT
+from .protocol import ERROR, KEEPALIVE, NDJSON_MEDIA_TYPE, PROGRESS, RESULT, SSE_MEDIA_TYPE
+from .runs import parse_position
 
 if TYPE_CHECKING:
     import httpx
@@ -33,6 +36,8 @@ __all__ = [
     "process_readable_stream_sync",
     "process_streaming_response",
     "process_streaming_response_sync",
+    "run",
+    "run_sync",
 ]
 
 _INCOMPLETE = "the stream ended without a result or error event"
@@ -55,6 +60,8 @@ class _Reader:
         self._ndjson = NDJSONDecoder()
         self.results: Results | None = None
         self.error: IkproxyError | None = None
+        #: The id of the last progress or result event: where a resumable run resumes.
+        self.last_id: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -84,7 +91,10 @@ class _Reader:
             except SSEError as exc:
                 events, problem = exc.events, exc
             for event in events:
-                out.extend(self.message(event.event, event.data))
+                items = self.message(event.event, event.data)
+                if items and event.id:
+                    self.last_id = event.id
+                out.extend(items)
         else:
             try:
                 values = self._ndjson.close() if final else self._ndjson.feed(chunk)
@@ -105,7 +115,10 @@ class _Reader:
             return []
         if not isinstance(value, Mapping):
             return self._malformed("a line is not a JSON object")
-        return self._handle(value.get("type"), value)
+        items = self._handle(value.get("type"), value)
+        if items and isinstance(value.get("id"), (str, int)):
+            self.last_id = str(value["id"])
+        return items
 
     def message(self, kind: str | None, data: str) -> list[Progress]:
         """One SSE event; the data of event types we do not know is never parsed."""
@@ -270,21 +283,181 @@ async def process_streaming_response(
     """Consume an `httpx` streaming response from an ikproxy endpoint into `Results`.
 
     An HTTP error status raises `StreamError` with the body's error code and
-    message (and `.status_code`).
+    message (and `.status_code`); a connection lost mid-stream raises
+    `IncompleteStream`.
     """
-    if response.status_code >= 400:
-        raise _http_error(response, await response.aread())
-    return await process_readable_stream(
-        response.aiter_bytes(), on_progress, format=_format_of(response)
-    )
+    return await _consume(response, _Reader(), on_progress)
 
 
 def process_streaming_response_sync(
     response: httpx.Response, on_progress: OnProgress | None = None
 ) -> Results:
     """The sync twin of `process_streaming_response`, for `httpx.Client` responses."""
+    return _consume_sync(response, _Reader(), on_progress)
+
+
+async def _consume(
+    response: httpx.Response, reader: _Reader, on_progress: OnProgress | None
+) -> Results:
+    import httpx
+
+    if response.status_code >= 400:
+        raise _http_error(response, await response.aread())
+    reader.format = _format_of(response)
+    try:
+        async for chunk in response.aiter_bytes():
+            await _notify(on_progress, reader.feed(chunk))
+            if reader.finished:
+                return reader.outcome()
+    except httpx.TransportError:
+        raise IncompleteStream("the connection was lost before the result or error event") from None
+    await _notify(on_progress, reader.close())
+    return reader.outcome()
+
+
+def _consume_sync(
+    response: httpx.Response, reader: _Reader, on_progress: OnProgress | None
+) -> Results:
+    import httpx
+
     if response.status_code >= 400:
         raise _http_error(response, response.read())
-    return process_readable_stream_sync(
-        response.iter_bytes(), on_progress, format=_format_of(response)
+    reader.format = _format_of(response)
+    try:
+        for chunk in response.iter_bytes():
+            _notify_sync(on_progress, reader.feed(chunk))
+            if reader.finished:
+                return reader.outcome()
+    except httpx.TransportError:
+        raise IncompleteStream("the connection was lost before the result or error event") from None
+    _notify_sync(on_progress, reader.close())
+    return reader.outcome()
+
+
+# -- run: build the request, send it, consume the stream, resume if cut --------------
+
+Image = Union[bytes, "tuple[str, bytes]"]
+
+
+def _is_resume_position(last_id: str | None) -> bool:
+    return bool(last_id) and parse_position(last_id or "") is not None
+
+
+def _build(
+    http: httpx.Client | httpx.AsyncClient,
+    url: str,
+    params: Mapping[str, Any] | None,
+    image: Image | None,
+    headers: Mapping[str, str] | None,
+    format: Format | None,
+) -> httpx.Request:
+    query = {"format": format} if format else {}
+    all_headers = {"Accept": NDJSON_MEDIA_TYPE if format == "ndjson" else SSE_MEDIA_TYPE}
+    all_headers.update(headers or {})
+    values = {
+        k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (params or {}).items()
+    }
+    if image is None:
+        return http.build_request("GET", url, params={**values, **query}, headers=all_headers)
+    name, data = image if isinstance(image, tuple) else ("image", image)
+    return http.build_request(
+        "POST", url, params=query, data=values, files={"image": (name, data)}, headers=all_headers
     )
+
+
+def _resume_request(
+    http: httpx.Client | httpx.AsyncClient, request: httpx.Request, last_id: str
+) -> httpx.Request:
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _BODY_HEADERS}
+    headers["Last-Event-ID"] = last_id
+    url = request.url.copy_merge_params({"last_event_id": last_id})
+    return http.build_request("GET", url, headers=headers)
+
+
+_BODY_HEADERS = {"content-type", "content-length", "transfer-encoding"}
+
+
+async def run(
+    url: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    image: Image | None = None,
+    headers: Mapping[str, str] | None = None,
+    format: Format | None = None,
+    on_progress: OnProgress | None = None,
+    resume: int = 3,
+    client: httpx.AsyncClient | None = None,
+) -> Results:
+    """Run a job through an ikproxy endpoint: the twin of the browser module's `run()`.
+
+    Plain `params` go in a GET query string; with an `image` (bytes, or a
+    `(filename, bytes)` pair) the request is a multipart POST. When the server
+    keeps runs resumable, a stream cut by a lost connection is resumed from its
+    last event id, up to `resume` times.
+    """
+    import httpx
+
+    own = client is None
+    http = client or httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
+    try:
+        request = _build(http, url, params, image, headers, format)
+        for attempt in range(resume + 1):
+            reader = _Reader()
+            try:
+                response = await http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                raise StreamError("network_error", "The server could not be reached.") from exc
+            try:
+                return await _consume(response, reader, on_progress)
+            except IncompleteStream:
+                if attempt == resume or not _is_resume_position(reader.last_id):
+                    raise
+                request = _resume_request(http, request, reader.last_id or "")
+                await anyio.sleep(0.1 * 2**attempt)
+            finally:
+                await response.aclose()
+        raise AssertionError("unreachable")
+    finally:
+        if own:
+            await http.aclose()
+
+
+def run_sync(
+    url: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    image: Image | None = None,
+    headers: Mapping[str, str] | None = None,
+    format: Format | None = None,
+    on_progress: OnProgress | None = None,
+    resume: int = 3,
+    client: httpx.Client | None = None,
+) -> Results:
+    """The sync twin of `run`, on an `httpx.Client`."""
+    import time
+
+    import httpx
+
+    own = client is None
+    http = client or httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0))
+    try:
+        request = _build(http, url, params, image, headers, format)
+        for attempt in range(resume + 1):
+            reader = _Reader()
+            try:
+                response = http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                raise StreamError("network_error", "The server could not be reached.") from exc
+            try:
+                return _consume_sync(response, reader, on_progress)
+            except IncompleteStream:
+                if attempt == resume or not _is_resume_position(reader.last_id):
+                    raise
+                request = _resume_request(http, request, reader.last_id or "")
+                time.sleep(0.1 * 2**attempt)  # backoff before reconnecting
+            finally:
+                response.close()
+        raise AssertionError("unreachable")
+    finally:
+        if own:
+            http.close()

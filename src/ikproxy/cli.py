@@ -225,43 +225,35 @@ def _serve(make_app: Callable[[], Any], host: str, port: int, label: str) -> int
 def _run(args: argparse.Namespace) -> int:
     import httpx
 
-    from .browser import process_streaming_response_sync
+    from .browser import run_sync
 
     if not args.url.startswith(("http://", "https://")):
         raise _UsageError(f"the URL must start with http:// or https://, not {args.url!r}")
     params = _params(args.param)
     headers = _headers(args.header)
     image = _read_image(args.image) if args.image is not None else None
-    query = {"format": args.format} if args.format else {}
-    headers.setdefault(
-        "Accept", "application/x-ndjson" if args.format == "ndjson" else "text/event-stream"
-    )
     progress = _ProgressLine(sys.stderr, quiet=args.quiet)
     timeout = httpx.Timeout(60.0, connect=10.0)
     try:
         with httpx.Client(
             timeout=timeout, headers={"User-Agent": f"ikproxy/{__version__}"}
         ) as http:
-            if image is None:
-                request = http.build_request(
-                    "GET", args.url, params={**params, **query}, headers=headers
-                )
-            else:
-                request = http.build_request(
-                    "POST",
-                    args.url,
-                    params=query,
-                    data=params,
-                    files={"image": (image[0], image[1])},
-                    headers=headers,
-                )
-            response = http.send(request, stream=True)
-            try:
-                results = process_streaming_response_sync(response, progress.update)
-            finally:
-                response.close()
+            results = run_sync(
+                args.url,
+                params,
+                image=image,
+                headers=headers,
+                format=args.format,
+                on_progress=progress.update,
+                client=http,
+            )
     except StreamError as exc:
         progress.abandon()
+        cause = exc.__cause__
+        if exc.code == "network_error" and cause is not None:
+            reason = str(cause) or type(cause).__name__
+            print(f"error: cannot reach {args.url}: {reason}", file=sys.stderr)
+            return 1
         where = f" (HTTP {exc.status_code})" if exc.status_code else ""
         print(f"error{where}: {exc.code}: {exc.message}", file=sys.stderr)
         if exc.request_id:
