@@ -21,7 +21,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar, cast
 from urllib.parse import parse_qsl
 
 from .__about__ import __version__
@@ -98,46 +98,38 @@ class ProxyRequest:
         return value
 
 
+B = TypeVar("B")
+
+
 @dataclass
-class ProxyResponse:
+class _Answer(Generic[B]):
+    """A status, headers, and a body: bytes, or a stream of byte chunks of type `B`."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes | B = b""
+
+    @property
+    def media_type(self) -> str | None:
+        return self.headers.get("Content-Type")
+
+    @property
+    def streaming(self) -> bool:
+        return not isinstance(self.body, bytes)
+
+    def headers_without_content_type(self) -> dict[str, str]:
+        """The headers but `Content-Type`, which most frameworks take as its own argument."""
+        return {k: v for k, v in self.headers.items() if k != "Content-Type"}
+
+
+@dataclass
+class ProxyResponse(_Answer[AsyncIterator[bytes]]):
     """What to send back: a status, headers, and either bytes or an async byte stream."""
 
-    status: int
-    headers: dict[str, str]
-    body: bytes | AsyncIterator[bytes] = b""
-
-    @property
-    def media_type(self) -> str | None:
-        return self.headers.get("Content-Type")
-
-    @property
-    def streaming(self) -> bool:
-        return not isinstance(self.body, bytes)
-
-    def headers_without_content_type(self) -> dict[str, str]:
-        """The headers but `Content-Type`, which most frameworks take as its own argument."""
-        return {k: v for k, v in self.headers.items() if k != "Content-Type"}
-
 
 @dataclass
-class SyncProxyResponse:
+class SyncProxyResponse(_Answer[Iterator[bytes]]):
     """`ProxyResponse` for WSGI: the stream is a sync iterator driven through the portal."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes | Iterator[bytes] = b""
-
-    @property
-    def media_type(self) -> str | None:
-        return self.headers.get("Content-Type")
-
-    @property
-    def streaming(self) -> bool:
-        return not isinstance(self.body, bytes)
-
-    def headers_without_content_type(self) -> dict[str, str]:
-        """The headers but `Content-Type`, which most frameworks take as its own argument."""
-        return {k: v for k, v in self.headers.items() if k != "Content-Type"}
 
 
 @dataclass
