@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -155,7 +154,7 @@ def test_demo_stops_cleanly_on_sigterm() -> None:
     with running_server(command, ready=r"running at http://", env=NO_SCALE) as server:
         assert httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200
     # uvicorn shuts down gracefully, then re-raises the signal it caught.
-    assert server.returncode in (0, -signal.SIGTERM)
+    assert server.returncode == 0
 
 
 # -- run -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -212,11 +213,19 @@ def _serve(make_app: Callable[[], Any], host: str, port: int, label: str) -> int
                 print(f"ikproxy {label} running at {url}", flush=True)
                 print("Press Ctrl+C to stop.", flush=True)
 
+    # uvicorn handles SIGINT and SIGTERM while it runs, then re-raises the signal
+    # once it has shut down; exit quietly with status 0 then.
+    signal.signal(signal.SIGINT, _exit_quietly)
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         Server(config).run(sockets=[sock])
     finally:
         sock.close()
     return 0
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 # -- run -------------------------------------------------------------------------
