@@ -218,3 +218,14 @@ async def test_edges_refuses_bad_inputs(
 
 async def test_edges_takes_exactly_one_image() -> None:
     assert await refusal(FAST, task="edges") == "task 'edges' takes 1 input, got 0"
+
+
+def test_from_env_picks_scale_when_an_endpoint_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ikproxy import Client
+    from ikproxy.demo import deployment, from_env
+
+    monkeypatch.delenv("IKOMIA_ENDPOINT", raising=False)
+    assert from_env() is deployment
+    monkeypatch.setenv("IKOMIA_ENDPOINT", "https://xyz.scale.example")
+    monkeypatch.setenv("IKOMIA_TOKEN", "t")
+    assert isinstance(from_env(), Client)

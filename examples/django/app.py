@@ -20,7 +20,7 @@ from django.urls import include, path
 
 import ikproxy
 import ikproxy.adapters.django
-from ikproxy.deployments import Deployment
+from ikproxy.demo import from_env
 from ikproxy.policy import AccessDenied, Param
 
 INDEX = Path(__file__).resolve().parent.parent / "shared" / "index.html"
@@ -37,15 +37,6 @@ settings.configure(
         "django.middleware.csrf.CsrfViewMiddleware",
     ],
 )
-
-
-def deployment() -> Deployment:
-    """SCALE if IKOMIA_ENDPOINT is set (the token comes from IKOMIA_TOKEN), else the demo."""
-    if "IKOMIA_ENDPOINT" in os.environ:
-        return ikproxy.Client(os.environ["IKOMIA_ENDPOINT"])
-    from ikproxy.demo import deployment as demo
-
-    return demo
 
 
 def authorize(request: HttpRequest) -> None:
@@ -66,7 +57,7 @@ urlpatterns = [
         "api/",
         include(
             ikproxy.adapters.django.urls(
-                deployment(),
+                from_env(),
                 authorize=authorize,
                 parameters={"prompt": Param(str, required=True, max_length=500)},
             )

@@ -18,21 +18,11 @@ import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
 
-import ikproxy
 from ikproxy.adapters.starlette import fastapi_router
-from ikproxy.deployments import Deployment
+from ikproxy.demo import from_env
 from ikproxy.policy import Param
 
 INDEX = Path(__file__).resolve().parent.parent / "shared" / "index.html"
-
-
-def deployment() -> Deployment:
-    """SCALE if IKOMIA_ENDPOINT is set (the token comes from IKOMIA_TOKEN), else the demo."""
-    if "IKOMIA_ENDPOINT" in os.environ:
-        return ikproxy.Client(os.environ["IKOMIA_ENDPOINT"])
-    from ikproxy.demo import deployment as demo
-
-    return demo
 
 
 def verify_key(request: Request) -> None:
@@ -45,7 +35,7 @@ def verify_key(request: Request) -> None:
 app = FastAPI(title="ikproxy example")
 app.include_router(
     fastapi_router(
-        deployment(),
+        from_env(),
         prefix="/api",
         authorize=Depends(verify_key),
         parameters={"prompt": Param(str, required=True, max_length=500)},

@@ -15,21 +15,11 @@ from pathlib import Path
 
 from flask import Flask, Request, Response, send_file
 
-import ikproxy
 from ikproxy.adapters.flask import blueprint
-from ikproxy.deployments import Deployment
+from ikproxy.demo import from_env
 from ikproxy.policy import AccessDenied, Param
 
 INDEX = Path(__file__).resolve().parent.parent / "shared" / "index.html"
-
-
-def deployment() -> Deployment:
-    """SCALE if IKOMIA_ENDPOINT is set (the token comes from IKOMIA_TOKEN), else the demo."""
-    if "IKOMIA_ENDPOINT" in os.environ:
-        return ikproxy.Client(os.environ["IKOMIA_ENDPOINT"])
-    from ikproxy.demo import deployment as demo
-
-    return demo
 
 
 def authorize(request: Request) -> None:
@@ -42,7 +32,7 @@ def authorize(request: Request) -> None:
 app = Flask(__name__)
 app.register_blueprint(
     blueprint(
-        deployment(),
+        from_env(),
         url_prefix="/api",
         authorize=authorize,
         parameters={"prompt": Param(str, required=True, max_length=500)},

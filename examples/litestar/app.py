@@ -18,21 +18,11 @@ import uvicorn
 from litestar import Litestar, Request, get
 from litestar.response import File
 
-import ikproxy
 from ikproxy.adapters.litestar import router
-from ikproxy.deployments import Deployment
+from ikproxy.demo import from_env
 from ikproxy.policy import AccessDenied, Param
 
 INDEX = Path(__file__).resolve().parent.parent / "shared" / "index.html"
-
-
-def deployment() -> Deployment:
-    """SCALE if IKOMIA_ENDPOINT is set (the token comes from IKOMIA_TOKEN), else the demo."""
-    if "IKOMIA_ENDPOINT" in os.environ:
-        return ikproxy.Client(os.environ["IKOMIA_ENDPOINT"])
-    from ikproxy.demo import deployment as demo
-
-    return demo
 
 
 def authorize(request: Request[Any, Any, Any]) -> None:
@@ -51,7 +41,7 @@ app = Litestar(
     route_handlers=[
         index,
         router(
-            deployment(),
+            from_env(),
             path="/api",
             authorize=authorize,
             parameters={"prompt": Param(str, required=True, max_length=500)},

@@ -19,21 +19,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse
 from starlette.routing import Route
 
-import ikproxy
 from ikproxy.adapters.starlette import mount
-from ikproxy.deployments import Deployment
+from ikproxy.demo import from_env
 from ikproxy.policy import AccessDenied, Param
 
 INDEX = Path(__file__).resolve().parent.parent / "shared" / "index.html"
-
-
-def deployment() -> Deployment:
-    """SCALE if IKOMIA_ENDPOINT is set (the token comes from IKOMIA_TOKEN), else the demo."""
-    if "IKOMIA_ENDPOINT" in os.environ:
-        return ikproxy.Client(os.environ["IKOMIA_ENDPOINT"])
-    from ikproxy.demo import deployment as demo
-
-    return demo
 
 
 def authorize(request: Request) -> None:
@@ -52,7 +42,7 @@ app = Starlette(
         Route("/", index),
         mount(
             "/api",
-            deployment(),
+            from_env(),
             authorize=authorize,
             parameters={"prompt": Param(str, required=True, max_length=500)},
         ),

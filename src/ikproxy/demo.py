@@ -20,6 +20,7 @@ import functools
 import hashlib
 import io
 import math
+import os
 import random
 import time
 import unicodedata
@@ -27,6 +28,7 @@ from collections.abc import Callable, Generator
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
 
+from .deployments import Deployment
 from .deployments.local import LocalDeployment, Update
 from .errors import InvalidParameter
 from .io import BaseIO, ImageIO
@@ -37,6 +39,7 @@ __all__ = [
     "create_deployment",
     "deployment",
     "edges",
+    "from_env",
     "generate",
 ]
 
@@ -491,3 +494,17 @@ def _number(value: object) -> float | None:
 
 deployment = create_deployment()
 """The demo deployment: `generate` (the default task) and `edges`."""
+
+
+def from_env() -> Deployment:
+    """The SCALE deployment in `IKOMIA_ENDPOINT` (token from `IKOMIA_TOKEN`), else the demo.
+
+    What the examples run on: no account needed, and a real deployment by
+    setting two environment variables.
+    """
+    endpoint = os.environ.get("IKOMIA_ENDPOINT")
+    if endpoint:
+        from .deployments.scale import Client
+
+        return Client(endpoint)
+    return deployment

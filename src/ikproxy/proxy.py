@@ -49,7 +49,14 @@ from .server import (
     to_readable_stream,
 )
 
-__all__ = ["METHODS", "Proxy", "ProxyRequest", "ProxyResponse", "SyncProxyResponse"]
+__all__ = [
+    "METHODS",
+    "Proxy",
+    "ProxyRequest",
+    "ProxyResponse",
+    "SyncProxyResponse",
+    "error_response",
+]
 
 logger = logging.getLogger("ikproxy")
 
@@ -147,7 +154,8 @@ def _json_response(
     return ProxyResponse(status, {"Content-Type": _JSON, **(headers or {})}, body)
 
 
-def _error_response(error: HTTPError, request_id: str | None = None) -> ProxyResponse:
+def error_response(error: HTTPError, request_id: str | None = None) -> ProxyResponse:
+    """The JSON answer to a refused request: `{"error": {...}}`, its status and headers."""
     headers = dict(error.headers)
     if request_id:
         headers["X-Request-ID"] = request_id
@@ -187,7 +195,7 @@ class Proxy:
             spec = self._parse(request, raw, request_id)
             return await self._start(spec)
         except HTTPError as exc:
-            return _error_response(exc, request_id)
+            return error_response(exc, request_id)
 
     def handle_sync(
         self, request: ProxyRequest, body: Iterable[bytes] | None = None
@@ -213,7 +221,7 @@ class Proxy:
                 spec = self._parse(request, raw, request_id)
                 response = blocking_portal().call(self._start, spec)
         except HTTPError as exc:
-            response = _error_response(exc, request_id)
+            response = error_response(exc, request_id)
         if isinstance(response.body, bytes):
             return SyncProxyResponse(response.status, response.headers, response.body)
         return SyncProxyResponse(

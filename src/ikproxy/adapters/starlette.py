@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -44,8 +43,8 @@ from starlette.routing import Mount, Route, Router
 from ..asgi import ProxyEndpoint, proxy_request, to_starlette_response
 from ..deployments import Deployment
 from ..policy import HTTPError, Param, Policy
-from ..protocol import NDJSON_MEDIA_TYPE, SSE_MEDIA_TYPE, error_body
-from ..proxy import Proxy
+from ..protocol import NDJSON_MEDIA_TYPE, SSE_MEDIA_TYPE
+from ..proxy import Proxy, error_response
 from ..server import new_request_id
 
 if TYPE_CHECKING:
@@ -213,19 +212,13 @@ def _fastapi_endpoint(
 
 def _refusal(request: Request, exc: HTTPException | HTTPError) -> Response:
     """A dependency's refusal as the proxy's JSON error, keeping its status and headers."""
-    if isinstance(exc, HTTPError):
-        status, code, message = exc.status, exc.code, exc.message
-        headers: dict[str, str] = dict(exc.headers)
-    else:
-        status = exc.status_code
-        phrase = _phrase(status)
-        code = _CODES.get(status) or phrase.lower().replace(" ", "_").replace("-", "_")
+    if isinstance(exc, HTTPException):
+        phrase = _phrase(exc.status_code)
+        code = _CODES.get(exc.status_code) or phrase.lower().replace(" ", "_").replace("-", "_")
         message = exc.detail if isinstance(exc.detail, str) and exc.detail else phrase
-        headers = dict(exc.headers or {})
+        exc = HTTPError(exc.status_code, code, message, headers=exc.headers)
     request_id = new_request_id(request.headers.get("x-request-id"))
-    headers["X-Request-ID"] = request_id
-    body = json.dumps(error_body(code, message, request_id), separators=(",", ":"))
-    return Response(body, status, headers, media_type="application/json")
+    return to_starlette_response(error_response(exc, request_id))
 
 
 def _phrase(status: int) -> str:
