@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import inspect
 import json
 import logging
@@ -263,7 +264,7 @@ class Proxy:
                     headers={"Allow": "GET, HEAD"},
                 )
             name, media_type = _ASSETS[path]
-            data = resources.files("ikproxy").joinpath("static").joinpath(name).read_bytes()
+            data = _asset(name)
             return ProxyResponse(
                 200, {"Content-Type": media_type, "Cache-Control": "no-cache"}, data
             )
@@ -491,6 +492,12 @@ class Proxy:
 
 
 # -- helpers ---------------------------------------------------------------------
+
+
+@functools.cache
+def _asset(name: str) -> bytes:
+    """A file of the package's `static/` folder, read once per process."""
+    return resources.files("ikproxy").joinpath("static").joinpath(name).read_bytes()
 
 
 async def _resolve(value: Awaitable[None] | None) -> None:
