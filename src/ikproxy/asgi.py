@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from .deployments import Deployment
 from .policy import Policy
 from .proxy import Proxy, ProxyRequest, ProxyResponse
-from .server import _StreamingResponse
+from .server import StreamingRunResponse
 
 __all__ = ["ProxyEndpoint", "create_app", "proxy_request", "to_starlette_response"]
 
@@ -40,7 +40,7 @@ def to_starlette_response(response: ProxyResponse) -> Response:
     media_type = response.media_type
     if isinstance(response.body, bytes):
         return Response(response.body, response.status, headers, media_type)
-    return _StreamingResponse(response.body, response.status, headers, media_type)
+    return StreamingRunResponse(response.body, response.status, headers, media_type)
 
 
 class ProxyEndpoint:

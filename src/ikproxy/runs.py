@@ -22,7 +22,7 @@ import anyio
 
 from .errors import IkproxyError, UpstreamError, WorkflowFailed
 from .model import Progress, State
-from .server import StreamItem, _aclose, _deadline, error_code
+from .server import StreamItem, aclose, deadline, error_code
 
 __all__ = ["RunRegistry", "SharedRun"]
 
@@ -64,7 +64,7 @@ class SharedRun:
 
     async def _produce(self, stream: AsyncIterator[StreamItem], timeout: float | None) -> None:
         try:
-            with _deadline(timeout):
+            with deadline(timeout):
                 async for item in stream:
                     obj = item.to_json() if isinstance(item, Progress) else dict(item)
                     if obj.get("state") == State.FAILURE:
@@ -81,7 +81,7 @@ class SharedRun:
             self.failure = _Failed(code)
         finally:
             with anyio.CancelScope(shield=True):
-                await _aclose(stream)
+                await aclose(stream)
             self.done = True
             self._notify()
             self._expire_later()

@@ -10,6 +10,7 @@ Starlette response that stops the run as soon as the client disconnects.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -50,6 +51,9 @@ from .protocol import (
 __all__ = [
     "RunStream",
     "StreamFormat",
+    "StreamingRunResponse",
+    "aclose",
+    "deadline",
     "error_code",
     "iterate_in_portal",
     "new_request_id",
@@ -233,7 +237,7 @@ class RunStream:
             await self._iterator.aclose()
         elif not self._started:
             self._started = True
-            await _aclose(self._stream)
+            await aclose(self._stream)
 
     def _claim(self) -> None:
         if self._started:
@@ -251,7 +255,7 @@ class RunStream:
         async def produce() -> None:
             upstream = aiter(self._stream)
             try:
-                with _deadline(self.timeout):
+                with deadline(self.timeout):
                     async for item in upstream:
                         chunk, done = self._encode(item)
                         await put(chunk)
@@ -263,7 +267,7 @@ class RunStream:
                 await put(self._encode_error(exc))
             finally:
                 with anyio.CancelScope(shield=True):
-                    await _aclose(upstream)
+                    await aclose(upstream)
             # Not reached when cancelled: nobody is reading then.
             await put(_END)
 
@@ -336,7 +340,7 @@ class RunStream:
         upstream = aiter(self._stream)
         try:
             try:
-                with _deadline(self.timeout):
+                with deadline(self.timeout):
                     while True:
                         try:
                             item = await upstream.__anext__()
@@ -353,7 +357,7 @@ class RunStream:
         finally:
             writer.close()
             with anyio.CancelScope(shield=True):
-                await _aclose(upstream)
+                await aclose(upstream)
 
 
 class _KeepaliveWriter:
@@ -449,22 +453,23 @@ def to_readable_stream(
     )
 
 
-def _deadline(timeout: float | None) -> AbstractContextManager[object]:
+def deadline(timeout: float | None) -> AbstractContextManager[object]:
     """`anyio.fail_after`, or nothing at all when there is no deadline (saves a scope)."""
     return nullcontext() if timeout is None else anyio.fail_after(timeout)
 
 
-async def _aclose(stream: object) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
+async def aclose(stream: object) -> None:
+    """Close an async iterator if it can be closed (generators, our streams)."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
 
 
 #: Producers of runs whose client left while `finish_on_disconnect` holds.
 _background: set[asyncio.Task[None]] = set()
 
 
-class _StreamingResponse(StreamingResponse):
+class StreamingRunResponse(StreamingResponse):
     """A StreamingResponse that always listens for `http.disconnect` itself.
 
     Starlette only listens on servers that report ASGI spec < 2.4; a2wsgi and
@@ -508,10 +513,8 @@ class _StreamingResponse(StreamingResponse):
                 listener.cancel()
                 # Starlette never closes the body iterator: cancelled while
                 # blocked in send(), the run would wait for the GC.
-                aclose = getattr(self.body_iterator, "aclose", None)
-                if aclose is not None:
-                    with anyio.CancelScope(shield=True):
-                        await aclose()
+                with anyio.CancelScope(shield=True):
+                    await aclose(self.body_iterator)
         if self.background is not None:
             await self.background()
 
@@ -542,7 +545,7 @@ def to_streaming_response(
     all_headers = stream_headers(format, request_id)
     media_type = all_headers.pop("Content-Type")
     all_headers.update(headers or {})
-    return _StreamingResponse(
+    return StreamingRunResponse(
         body, status_code=status_code, headers=all_headers, media_type=media_type
     )
 
@@ -579,9 +582,4 @@ def iterate_in_portal(ait: AsyncIterator[T]) -> Iterator[T]:
     closes the async iterator on the portal's loop.
     """
 
-    async def aclose() -> None:
-        close = getattr(ait, "aclose", None)
-        if close is not None:
-            await close()
-
-    return iterate(blocking_portal(), ait, aclose)
+    return iterate(blocking_portal(), ait, functools.partial(aclose, ait))

@@ -1,0 +1,286 @@
+"""Request parsing for the proxy: a framework's request described, its body read, its run parsed.
+
+`ProxyRequest` is what every surface hands the core. `read_body` enforces the
+upload limit while reading; `parse_run_request` turns a `/run` request (query
+string, JSON, multipart or urlencoded form) into validated parameters, image
+inputs and a stream format, or raises `HTTPError` with the answer to give.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
+from urllib.parse import parse_qsl
+
+from .io import BaseIO, ImageIO
+from .policy import HTTPError, Policy
+from .protocol import NDJSON_MEDIA_TYPE, SSE_MEDIA_TYPE
+from .server import StreamFormat
+
+__all__ = [
+    "ProxyRequest",
+    "RunSpec",
+    "negotiate_format",
+    "parse_run_request",
+    "read_body",
+    "read_body_sync",
+]
+
+
+@dataclass
+class ProxyRequest:
+    """A framework's request, described for the proxy.
+
+    `path` is relative to where the proxy is mounted (`/run`, `/health`, ...);
+    `headers` is any mapping (or iterable of pairs), kept with lowercase names;
+    `query_string` may be bytes (decoded as Latin-1, as HTTP does); `native` is
+    the framework's own request object, handed to the `authorize` and
+    `rate_limit_key` hooks.
+    """
+
+    method: str
+    path: str
+    query_string: str | bytes = ""
+    headers: Any = field(default_factory=dict)
+    client: str | None = None
+    native: Any = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.query_string, bytes):
+            self.query_string = self.query_string.decode("latin-1")
+        pairs = self.headers.items() if hasattr(self.headers, "items") else self.headers
+        self.headers = {str(key).lower(): str(value) for key, value in pairs}
+        if not self.path.startswith("/"):
+            self.path = "/" + self.path
+
+    def header(self, name: str) -> str | None:
+        value: str | None = self.headers.get(name.lower())
+        return value
+
+
+@dataclass
+class RunSpec:
+    """What a `/run` request asks for, validated."""
+
+    parameters: dict[str, Any]
+    inputs: list[BaseIO]
+    format: StreamFormat
+    request_id: str
+
+
+def _expected_length(request: ProxyRequest, limit: int) -> int:
+    if request.method.upper() == "GET":
+        return 0
+    declared = request.header("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPError(400, "bad_request", "invalid Content-Length header")
+        if int(declared) > limit:
+            raise _too_large(limit)
+    return limit
+
+
+async def read_body(request: ProxyRequest, body: AsyncIterable[bytes] | None, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it exceeds `limit` bytes."""
+    limit = _expected_length(request, limit)
+    if body is None or request.method.upper() == "GET":
+        return b""
+    parts, size = [], 0
+    async for chunk in body:
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def read_body_sync(request: ProxyRequest, body: Iterable[bytes] | None, limit: int) -> bytes:
+    """`read_body` for sync (WSGI) bodies."""
+    limit = _expected_length(request, limit)
+    if body is None or request.method.upper() == "GET":
+        return b""
+    parts, size = [], 0
+    for chunk in body:
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def parse_run_request(
+    request: ProxyRequest, raw: bytes, policy: Policy, request_id: str
+) -> RunSpec:
+    """The validated parameters, inputs and stream format of a `/run` request."""
+    query_string = request.query_string
+    if isinstance(query_string, bytes):  # only if changed after __post_init__
+        query_string = query_string.decode("latin-1")
+    query = _single_values(parse_qsl(query_string, keep_blank_values=True), "query")
+    format = negotiate_format(query.pop("format", None), request.header("accept"))
+    inputs: list[BaseIO] = []
+    if request.method.upper() == "GET":
+        params, from_text = query, True
+    else:
+        if query:
+            raise HTTPError(
+                400,
+                "invalid_parameter",
+                "a POST takes its parameters in the body, not the query",
+            )
+        content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
+        if content_type == "application/json":
+            params, inputs = _parse_json(raw)
+            from_text = False
+        elif content_type == "multipart/form-data":
+            fields, files = _parse_multipart(request.header("content-type") or "", raw)
+            params, from_text = _single_values(fields, "form"), True
+            inputs = [_image_input(data) for data in files]
+        elif content_type == "application/x-www-form-urlencoded":
+            try:
+                pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+            except UnicodeDecodeError:
+                raise HTTPError(400, "bad_request", "form body is not valid UTF-8") from None
+            params, from_text = _single_values(pairs, "form"), True
+        else:
+            raise HTTPError(
+                415,
+                "unsupported_media_type",
+                "POST /run takes application/json, multipart/form-data "
+                "or application/x-www-form-urlencoded",
+            )
+    if len(inputs) > policy.max_inputs:
+        raise HTTPError(
+            400,
+            "invalid_input",
+            f"too many images: at most {policy.max_inputs} per request",
+        )
+    values = policy.validate(params, from_text=from_text)
+    return RunSpec(values, inputs, format, request_id)
+
+
+def _parse_json(raw: bytes) -> tuple[dict[str, Any], list[BaseIO]]:
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise HTTPError(400, "bad_request", "request body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise HTTPError(400, "bad_request", "request body must be a JSON object")
+    images = obj.pop("image", None)
+    if images is None:
+        images = []
+    elif isinstance(images, str):
+        images = [images]
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+        raise HTTPError(400, "invalid_input", "'image' must be a data URL or base64 string")
+    return obj, [_image_input(_decode_image_text(i)) for i in images]
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def _too_large(limit: int) -> HTTPError:
+    return HTTPError(413, "payload_too_large", f"request body exceeds {limit} bytes")
+
+
+def _single_values(pairs: Iterable[tuple[str, str]], where: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for key, value in pairs:
+        if key in values:
+            raise HTTPError(400, "invalid_parameter", f"parameter '{key}' given more than once")
+        values[key] = value
+    return values
+
+
+def negotiate_format(explicit: str | None, accept: str | None) -> StreamFormat:
+    """SSE or NDJSON: from `?format=` when given, else from the `Accept` header."""
+    if explicit is not None:
+        if explicit not in ("sse", "ndjson"):
+            raise HTTPError(400, "invalid_parameter", "format must be 'sse' or 'ndjson'")
+        return cast(StreamFormat, explicit)
+    if accept and NDJSON_MEDIA_TYPE in accept and SSE_MEDIA_TYPE not in accept:
+        return "ndjson"
+    return "sse"
+
+
+def _decode_image_text(text: str) -> bytes:
+    if text.startswith("data:"):
+        head, sep, text = text.partition(",")
+        if not sep or not head.endswith(";base64"):
+            raise HTTPError(400, "invalid_input", "'image' data URL must be base64-encoded")
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise HTTPError(400, "invalid_input", "'image' is not valid base64") from None
+
+
+def _image_input(data: bytes) -> ImageIO:
+    image = ImageIO.from_bytes(data)
+    if image.format is None:
+        raise HTTPError(415, "unsupported_media_type", "the upload is not a supported image")
+    return image
+
+
+def _parse_multipart(content_type: str, raw: bytes) -> tuple[list[tuple[str, str]], list[bytes]]:
+    """Text fields and file contents of a multipart body, in order."""
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise HTTPError(400, "bad_request", "multipart body without a boundary")
+    fields: list[tuple[str, str]] = []
+    files: list[bytes] = []
+    state: dict[str, Any] = {}
+
+    def on_part_begin() -> None:
+        state.update(headers={}, field=b"", value=b"", data=[])
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["field"].lower()] = state["value"]
+        state.update(field=b"", value=b"")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        state["data"].append(data[start:end])
+
+    def on_part_end() -> None:
+        disposition = state["headers"].get(b"content-disposition", b"")
+        _, params = parse_options_header(disposition)
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        content = b"".join(state["data"])
+        if b"filename" in params:
+            files.append(content)
+        else:
+            try:
+                fields.append((name, content.decode("utf-8")))
+            except UnicodeDecodeError:
+                raise HTTPError(400, "bad_request", f"form field '{name}' is not UTF-8") from None
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        parser.write(raw)
+        parser.finalize()
+    except HTTPError:
+        raise
+    except Exception:
+        raise HTTPError(400, "bad_request", "malformed multipart body") from None
+    return fields, files
