@@ -8,11 +8,13 @@ the run before the status is committed.
 
 Order of checks for `/run`: method (405), authorize (401/403), rate limit
 (429), body size (413), content type (415), parameters and inputs (400/415),
-then the run is submitted (its refusal gives 400/502/504); only then 200.
+the active-run cap (429), then the run is submitted (its refusal gives
+400/502/504); only then 200. A shared store that cannot be reached gives 503.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -24,6 +26,7 @@ from typing import Any, Final, Generic, TypeVar, cast
 from urllib.parse import parse_qsl
 
 from .__about__ import __version__
+from .caps import ActiveRuns
 from .deployments import Deployment
 from .model import Progress
 from .parsing import (
@@ -34,14 +37,14 @@ from .parsing import (
     read_body,
     read_body_sync,
 )
-from .policy import HTTPError, Policy, RateLimiter
+from .policy import HTTPError, Policy, RateLimiter, SharedTokenBucket, TokenBucket
 from .protocol import (
     ERROR_MESSAGES,
     HTTP_STATUS,
     PROTOCOL_VERSION,
     error_body,
 )
-from .runs import RunRegistry, SharedRun, parse_position
+from .runs import Followable, RunRegistry, parse_position
 from .server import (
     RunStream,
     StreamFormat,
@@ -53,6 +56,7 @@ from .server import (
     stream_headers,
     to_readable_stream,
 )
+from .stores import MemoryStore, Store, StoreUnavailable
 
 __all__ = [
     "METHODS",
@@ -138,9 +142,15 @@ class Proxy:
             raise TypeError("pass either a Policy or policy keyword arguments, not both")
         self.deployment = deployment
         self.policy = policy or Policy(**options)
+        #: Where runs, rate limits and active-run slots live (`ikproxy.stores`).
+        self.store: Store = self.policy.store if self.policy.store is not None else MemoryStore()
+        self._limiter = _limiter_for(self.policy.rate_limit, self.store)
         window = self.policy.resume_window
         #: The resumable runs, when `resume_window` is set.
-        self.runs: RunRegistry | None = RunRegistry(window) if window else None
+        self.runs: RunRegistry | None = RunRegistry(window, store=self.store) if window else None
+        cap = self.policy.max_active_runs
+        #: The active-run cap, when `max_active_runs` is set.
+        self.active_runs: ActiveRuns | None = ActiveRuns(self.store, cap) if cap else None
 
     # -- entry points -------------------------------------------------------
 
@@ -154,14 +164,19 @@ class Proxy:
             if route is not None:
                 return route
             await _resolve(self._admit(request))
-            resumed = self._resume(request, request_id)
-            if resumed is not None:
-                return resumed
+            position = self._resume_position(request)
+            if position is not None:
+                return await self._resume(*position, request_id)
             raw = await read_body(request, body, self.policy.max_upload_bytes)
             spec = parse_run_request(request, raw, self.policy, request_id)
-            return await self._start(spec)
+            key = self._cap_key(request)
+            if inspect.isawaitable(key):
+                key = await key
+            return await self._start(spec, key)
         except HTTPError as exc:
             return error_response(exc, request_id)
+        except StoreUnavailable as exc:
+            return error_response(_store_unavailable(exc), request_id)
 
     def handle_sync(
         self, request: ProxyRequest, body: Iterable[bytes] | None = None
@@ -179,15 +194,18 @@ class Proxy:
             pending = self._admit(request)
             if inspect.isawaitable(pending):
                 blocking_portal().call(_resolve, pending)
-            resumed = self._resume(request, request_id)
-            if resumed is not None:
-                response = resumed
+            position = self._resume_position(request)
+            if position is not None:
+                response = blocking_portal().call(self._resume, *position, request_id)
             else:
                 raw = read_body_sync(request, body, self.policy.max_upload_bytes)
                 spec = parse_run_request(request, raw, self.policy, request_id)
-                response = blocking_portal().call(self._start, spec)
+                key = self._cap_key(request)
+                response = blocking_portal().call(self._start_with_key, spec, key)
         except HTTPError as exc:
             response = error_response(exc, request_id)
+        except StoreUnavailable as exc:
+            response = error_response(_store_unavailable(exc), request_id)
         if isinstance(response.body, bytes):
             return SyncProxyResponse(response.status, response.headers, response.body)
         return SyncProxyResponse(
@@ -257,7 +275,7 @@ class Proxy:
 
     def _rate_limit(self, request: ProxyRequest) -> Awaitable[None] | None:
         """Take a token for the caller's key; sync hooks and limiters run right here."""
-        limiter = self.policy.rate_limit
+        limiter = self._limiter
         if limiter is None:
             return None
         key_fn = self.policy.rate_limit_key
@@ -280,14 +298,43 @@ class Proxy:
             wait = await wait
         _check_wait(wait)
 
+    def _cap_key(self, request: ProxyRequest) -> Any:
+        """The caller's key for the active-run cap (maybe awaitable); None without a cap."""
+        if self.active_runs is None:
+            return None
+        key_fn = self.policy.rate_limit_key
+        return key_fn(request.native) if key_fn else (request.client or "anonymous")
+
     # -- running ------------------------------------------------------------------
 
-    async def _start(self, spec: RunSpec) -> ProxyResponse:
-        """Submit the run and wait for its first progress, so a refusal is a real HTTP error."""
+    async def _start_with_key(self, spec: RunSpec, key: Any) -> ProxyResponse:
+        if inspect.isawaitable(key):
+            key = await key
+        return await self._start(spec, key)
+
+    async def _start(self, spec: RunSpec, key: Any = None) -> ProxyResponse:
+        """Submit the run and wait for its first progress, so a refusal is a real HTTP error.
+
+        The active-run slot and the store's run log are taken first, so that a
+        refusal of either leaves no run behind.
+        """
         policy = self.policy
+        slot = await self.active_runs.acquire(str(key)) if self.active_runs is not None else None
+        try:
+            log = (
+                await self.runs.create(request_id=spec.request_id)
+                if self.runs is not None
+                else None
+            )
+        except BaseException:
+            if slot is not None and self.active_runs is not None:
+                await self.active_runs.release(slot)
+            raise
         stream = self.deployment.run_stream(
             *spec.inputs, parameters=spec.parameters, task=policy.task, timeout=policy.timeout
         )
+        if slot is not None and self.active_runs is not None:
+            stream = self.active_runs.hold(slot, stream)
         try:
             first = await stream.__anext__()
         except StopAsyncIteration:
@@ -296,11 +343,17 @@ class Proxy:
             code = error_code(exc)
             logger.error("run refused [request_id=%s code=%s]", spec.request_id, code, exc_info=exc)
             await aclose(stream)
+            if log is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    await log.delete()
             raise HTTPError(HTTP_STATUS[code], code, ERROR_MESSAGES[code]) from None
         headers = stream_headers(spec.format, spec.request_id)
         if self.runs is not None:
             run = self.runs.start(
-                _prepend(first, stream), request_id=spec.request_id, timeout=policy.timeout
+                _prepend(first, stream),
+                request_id=spec.request_id,
+                timeout=policy.timeout,
+                log=log,
             )
             body = self._follow(run, spec.format, spec.request_id, after=0)
             return ProxyResponse(200, headers, body)
@@ -318,7 +371,7 @@ class Proxy:
     # -- resumable runs -----------------------------------------------------------
 
     def _follow(
-        self, run: SharedRun, format: StreamFormat, request_id: str, after: int
+        self, run: Followable, format: StreamFormat, request_id: str, after: int
     ) -> RunStream:
         return RunStream(
             run.follow(after),
@@ -330,8 +383,8 @@ class Proxy:
             id_prefix=f"{run.token}:",
         )
 
-    def _resume(self, request: ProxyRequest, request_id: str) -> ProxyResponse | None:
-        """The stream of a run resumed from its `Last-Event-ID`, or None for a new run."""
+    def _resume_position(self, request: ProxyRequest) -> tuple[str, int, StreamFormat] | None:
+        """(token, events seen, format) of a resume request; None for a new run."""
         if self.runs is None or request.path.strip("/") != "run":
             return None
         query = dict(parse_qsl(str(request.query_string), keep_blank_values=True))
@@ -341,12 +394,18 @@ class Proxy:
         position = parse_position(last_event_id)
         if position is None:
             raise HTTPError(400, "invalid_parameter", "Last-Event-ID is not a resume position")
-        run = self.runs.get(position[0])
+        format = negotiate_format(query.get("format"), request.header("accept"))
+        return position[0], position[1], format
+
+    async def _resume(
+        self, token: str, seen: int, format: StreamFormat, request_id: str
+    ) -> ProxyResponse:
+        """The stream of a run resumed after its first `seen` events, on any instance."""
+        assert self.runs is not None
+        run = await self.runs.find(token)
         if run is None:
             raise HTTPError(410, "resume_expired", "the run to resume is unknown or has expired")
-        format = negotiate_format(query.get("format"), request.header("accept"))
-        after = min(position[1], len(run.items))
-        body = self._follow(run, format, request_id, after)
+        body = self._follow(run, format, request_id, run.resume_point(seen))
         return ProxyResponse(200, stream_headers(format, request_id), body)
 
 
@@ -362,6 +421,19 @@ def _asset(name: str) -> bytes:
 async def _resolve(value: Awaitable[None] | None) -> None:
     if value is not None:
         await value
+
+
+def _limiter_for(limiter: RateLimiter | None, store: Store) -> RateLimiter | None:
+    """The policy's limiter; a `TokenBucket`'s limits held in the store when it is shared."""
+    if store.shared and isinstance(limiter, TokenBucket):
+        return SharedTokenBucket(store, limiter.rate, limiter.burst)
+    return limiter
+
+
+def _store_unavailable(exc: StoreUnavailable) -> HTTPError:
+    logger.error("store unavailable: %s", exc)
+    code = "store_unavailable"
+    return HTTPError(HTTP_STATUS[code], code, ERROR_MESSAGES[code], headers={"Retry-After": "1"})
 
 
 def _check_wait(wait: float | None) -> None:
