@@ -93,3 +93,19 @@ def flask_app() -> Any:
         return response
 
     return app
+
+
+def sanic_app() -> Any:
+    """The Sanic blueprint on the shared store (`python -m sanic ... --factory`)."""
+    from sanic import Sanic
+
+    from ikproxy.adapters.sanic import blueprint
+
+    app: Any = Sanic("ikproxy_test_store_app")
+
+    @app.after_server_start
+    async def ready(app: Any) -> None:
+        print("test server ready", flush=True)
+
+    app.blueprint(blueprint(PacedDeployment(), url_prefix="/api", **_options()))
+    return app
