@@ -67,8 +67,10 @@ def _redis() -> Iterator[str]:
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp]
-            + ["--save", "", "--appendonly", "no"],
+            [
+                *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp),
+                *("--save", "", "--appendonly", "no"),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -93,9 +95,11 @@ def _server(redis_url: str | None) -> Iterator[tuple[str, int]]:
     if redis_url:
         env["IKPROXY_BENCH_REDIS"] = redis_url
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "_stores_app:app", "--port", str(port)]
-        + ["--no-access-log", "--log-level", "warning", "--limit-concurrency", "3000"]
-        + ["--backlog", "4096"],
+        [
+            *(sys.executable, "-m", "uvicorn", "_stores_app:app", "--port", str(port)),
+            *("--no-access-log", "--log-level", "warning", "--limit-concurrency", "3000"),
+            *("--backlog", "4096"),
+        ],
         cwd=HERE,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -285,25 +289,47 @@ def main() -> None:
             print(f"per event written, one run of {events:,} events {mode}:")
             trips = figures["trips"]
             verdict = "PASS" if trips <= 1.0 else "FAIL"
-            print(f"{'  Redis round trips':<46} {trips:>10.3f} {'-':>10} {'per event':<10}"
-                  f"{'':>9}  target <= 1  {verdict}")
-            print(f"{'  Redis server CPU':<46} {figures['redis_us']:>10.1f} {'-':>10} "
-                  f"{'us/event':<10}")
+            print(
+                f"{'  Redis round trips':<46} {trips:>10.3f} {'-':>10} {'per event':<10}"
+                f"{'':>9}  target <= 1  {verdict}"
+            )
+            print(
+                f"{'  Redis server CPU':<46} {figures['redis_us']:>10.1f} {'-':>10} "
+                f"{'us/event':<10}"
+            )
             _row("  producing process CPU", figures["ours_us"], figures["memory_us"], "us/event")
         resume = bench_resume(redis_url, resumes)
-        print(f"resume latency, request to first event ({resumes} resumes; redis: on another process):")
+        print(
+            f"resume latency, request to first event ({resumes} resumes;"
+            " redis: on another process):"
+        )
         p50 = resume["redis"][0]
-        _row("  p50", p50, resume["memory"][0], "ms",
-             f"target redis p50 < 20 ms  {'PASS' if p50 < 20 else 'FAIL'}")
+        _row(
+            "  p50",
+            p50,
+            resume["memory"][0],
+            "ms",
+            f"target redis p50 < 20 ms  {'PASS' if p50 < 20 else 'FAIL'}",
+        )
         _row("  p99", resume["redis"][1], resume["memory"][1], "ms")
         conc = bench_concurrent(redis_url, count, seconds)
         print(f"{count} concurrent resumable streams on one worker, one event/s for {seconds} s:")
         rss = conc["redis"][0] / conc["memory"][0] if conc["memory"][0] > 0 else float("inf")
         cpu = conc["redis"][1] / conc["memory"][1] if conc["memory"][1] > 0 else float("inf")
-        _row("  server RSS growth per stream", conc["redis"][0], conc["memory"][0], "KiB",
-             f"target <= 1.5x  {'PASS' if rss <= 1.5 else 'FAIL'}")
-        _row("  server CPU", conc["redis"][1], conc["memory"][1], "s",
-             f"target <= 1.5x  {'PASS' if cpu <= 1.5 else 'FAIL'}")
+        _row(
+            "  server RSS growth per stream",
+            conc["redis"][0],
+            conc["memory"][0],
+            "KiB",
+            f"target <= 1.5x  {'PASS' if rss <= 1.5 else 'FAIL'}",
+        )
+        _row(
+            "  server CPU",
+            conc["redis"][1],
+            conc["memory"][1],
+            "s",
+            f"target <= 1.5x  {'PASS' if cpu <= 1.5 else 'FAIL'}",
+        )
 
 
 if __name__ == "__main__":
