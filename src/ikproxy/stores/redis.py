@@ -137,11 +137,13 @@ class _Clients:
             "retry": Retry(NoBackoff(), 1),
             "protocol": 2,
         }
-        # Commands share a bounded pool; a request waits up to `timeout` for a connection.
+        # Commands share a bounded pool. A burst of requests queues for its
+        # connections (each is held for one reply, at most `timeout`), so the wait
+        # for one is bounded more loosely than Redis itself.
         commands = aioredis.BlockingConnectionPool.from_url(
             store.url,
             max_connections=store.max_connections,
-            timeout=store.timeout,
+            timeout=10 * store.timeout,
             socket_timeout=store.timeout,
             **options,
         )
@@ -187,7 +189,7 @@ class RedisStore:
         prefix: str = "ikproxy",
         timeout: float = 1.0,
         fail_open: bool = False,
-        max_connections: int = 50,
+        max_connections: int = 100,
     ) -> None:
         self.url = url
         self.prefix = prefix
