@@ -196,6 +196,8 @@ class LogWriter:
             log = run.log
             assert log is not None
             if count == -1:
+                if run.token not in self._live:
+                    continue  # stopped and deleted meanwhile: leave it gone
                 # The store lost the run (it restarted): create it again, then re-send.
                 await log.create()
                 self._dirty[run.token] = run
