@@ -240,6 +240,7 @@ class SharedRun:
         self._registry = registry
         self._changed = asyncio.Event()
         self._expiry: asyncio.TimerHandle | None = None
+        self._checking: asyncio.Task[None] | None = None
         self._task = asyncio.get_running_loop().create_task(self._produce(stream, timeout))
 
     @property
@@ -289,11 +290,11 @@ class SharedRun:
         if self.log is not None:
             self._registry.writer.mark(self)
 
-    def _expire_later(self, delay: float | None = None) -> None:
+    def _expire_later(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
         loop = asyncio.get_running_loop()
-        self._expiry = loop.call_later(delay or self._registry.window, self._expire)
+        self._expiry = loop.call_later(self._registry.window, self._expire)
 
     def _expire(self) -> None:
         """Forget the run; stop it first if it is still going (nobody followed it in time)."""
@@ -302,7 +303,8 @@ class SharedRun:
             if self.followers:
                 return
             if self.log is not None:
-                asyncio.get_running_loop().create_task(self._expire_unless_followed())
+                loop = asyncio.get_running_loop()
+                self._checking = loop.create_task(self._expire_unless_followed())
                 return
             self._task.cancel()
         self._forget()
