@@ -399,7 +399,8 @@ class StoredRun:
             while True:
                 now = time.monotonic()
                 try:
-                    events = await store.read_events(self.token, after, timeout=_POLL)
+                    wait = min(window / 3, _POLL)
+                    events = await store.read_events(self.token, after, timeout=wait)
                     if not events:
                         info = await store.run_info(self.token)
                         if info is None:
