@@ -1,0 +1,50 @@
+"""The browser module is one source: the npm package in `js/` is what every server serves."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+import ikproxy
+from ikproxy.asgi import create_app
+from ikproxy.demo import create_deployment
+
+JS = Path(__file__).resolve().parent.parent / "js"
+FILES = ("ikproxy.js", "ikproxy.d.ts")
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_the_served_file_is_the_npm_packages_file(name: str) -> None:
+    app = Starlette(routes=[Mount("/api", app=create_app(create_deployment()))])
+    with TestClient(app) as client:
+        served = client.get(f"/api/{name}")
+    assert served.status_code == 200
+    assert served.content == (JS / name).read_bytes()
+    packaged = resources.files("ikproxy").joinpath("static", name).read_bytes()
+    assert packaged == (JS / name).read_bytes()
+
+
+def test_the_npm_package_follows_the_python_version() -> None:
+    package = json.loads((JS / "package.json").read_text())
+    assert package["name"] == "ikproxy"
+    assert package["version"] == ikproxy.__version__
+
+
+def test_the_npm_package_exports_the_module_and_its_types() -> None:
+    package = json.loads((JS / "package.json").read_text())
+    assert package["type"] == "module"
+    assert package["sideEffects"] is False
+    assert package["exports"]["."] == {"types": "./ikproxy.d.ts", "default": "./ikproxy.js"}
+    assert set(FILES) <= set(package["files"])
+    for name in FILES:
+        assert (JS / name).is_file()
