@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -48,3 +51,29 @@ def test_the_npm_package_exports_the_module_and_its_types() -> None:
     assert set(FILES) <= set(package["files"])
     for name in FILES:
         assert (JS / name).is_file()
+
+
+def test_the_wheel_carries_the_npm_packages_files(tmp_path: Path) -> None:
+    root = JS.parent
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("ikproxy-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        for name in FILES:
+            assert archive.read(f"ikproxy/static/{name}") == (JS / name).read_bytes()

@@ -140,7 +140,10 @@ def test_bad_query_parameters_get_400_naming_them(
         ({"prompt": "x", "steps": True}, "parameter 'steps' must be an integer"),
         ({"prompt": "x", "steps": "3"}, "parameter 'steps' must be an integer"),
         ({"prompt": "x", "hd": "true"}, "parameter 'hd' must be a boolean"),
-        ({"prompt": "x", "other": 1}, "unknown parameter 'other' (allowed: hd, prompt, steps, strength)"),
+        (
+            {"prompt": "x", "other": 1},
+            "unknown parameter 'other' (allowed: hd, prompt, steps, strength)",
+        ),
     ],
 )
 def test_bad_json_values_get_400_naming_them(
