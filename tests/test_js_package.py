@@ -77,3 +77,8 @@ def test_the_wheel_carries_the_npm_packages_files(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         for name in FILES:
             assert archive.read(f"ikproxy/static/{name}") == (JS / name).read_bytes()
+
+
+def test_the_examples_lockfile_has_the_same_version() -> None:
+    lock = json.loads((JS.parent / "examples" / "frontends" / "package-lock.json").read_text())
+    assert lock["packages"]["../../js"]["version"] == ikproxy.__version__
