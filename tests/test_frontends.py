@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
     from starlette.applications import Starlette
 
+#: The first test builds every app (npm), which takes longer than the default timeout.
+pytestmark = pytest.mark.timeout(600)
+
 FRONTENDS = ROOT / "examples" / "frontends"
 DIST = FRONTENDS / "dist"
 APPS = ["react", "vue", "svelte", "typescript"]
@@ -190,7 +193,7 @@ def _progress_value(page: Page) -> float:
 
 def test_the_examples_type_check_strictly() -> None:
     build()  # node_modules in place
-    done = npm("run", "check")
+    done = npm("run", "check", timeout=540)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

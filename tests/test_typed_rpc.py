@@ -19,6 +19,9 @@ from ._support import free_port, running_server
 from .browser import ROOT, chromium
 from .test_frontends import ETA_ON_BUTTON, FRONTENDS, build, screenshot
 
+#: The first test may build every app (npm), which takes longer than the default timeout.
+pytestmark = pytest.mark.timeout(600)
+
 TYPED_RPC = ROOT / "examples" / "typed-rpc"
 #: app: (factory, OpenAPI path, committed types)
 APPS = {
