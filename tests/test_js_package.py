@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -82,3 +83,26 @@ def test_the_wheel_carries_the_npm_packages_files(tmp_path: Path) -> None:
 def test_the_examples_lockfile_has_the_same_version() -> None:
     lock = json.loads((JS.parent / "examples" / "frontends" / "package-lock.json").read_text())
     assert lock["packages"]["../../js"]["version"] == ikproxy.__version__
+
+
+def test_npm_pack_ships_the_module_its_types_and_nothing_else() -> None:
+    npm = shutil.which("npm")
+    assert npm, "npm is missing: `./dev test` installs it (apt-get, as root)"
+    packed = subprocess.run(
+        [npm, "pack", "--dry-run", "--json"],
+        cwd=JS,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert packed.returncode == 0, packed.stderr
+    (tarball,) = json.loads(packed.stdout)
+    assert tarball["name"] == "ikproxy"
+    assert tarball["version"] == ikproxy.__version__
+    assert sorted(f["path"] for f in tarball["files"]) == [
+        "README.md",
+        "ikproxy.d.ts",
+        "ikproxy.js",
+        "package.json",
+    ]
