@@ -12,7 +12,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
+
+if TYPE_CHECKING:
+    from .params import ModelParameters
 
 from .stores import Store
 
@@ -219,7 +222,8 @@ class Policy:
     """Everything the proxy enforces before a run starts, for every surface alike.
 
     * `parameters`: the allow-list a browser may set (`{"prompt": Param(str, required=True)}`;
-      a bare type stands for an optional `Param(type)`).
+      a bare type stands for an optional `Param(type)`), or a pydantic model class or a
+      dataclass (see `ikproxy.params`).
     * `fixed_parameters`: sent on every run; a browser cannot see or override them.
     * `task`: the deployment task to run (None: its default).
     * `max_inputs`, `max_upload_bytes`: image uploads per request and the request body limit.
@@ -237,7 +241,9 @@ class Policy:
       at once, on every instance sharing the store; the next gets 429 `too_many_runs`.
     """
 
-    parameters: Mapping[str, Param | type] = field(default_factory=dict)
+    parameters: Mapping[str, Param | type] | type[Any] | ModelParameters = field(
+        default_factory=dict
+    )
     fixed_parameters: Mapping[str, Any] = field(default_factory=dict)
     task: str | None = None
     max_inputs: int = 1
@@ -254,18 +260,25 @@ class Policy:
     max_active_runs: int | None = None
 
     def __post_init__(self) -> None:
-        params: dict[str, Param] = {}
-        for name, spec in self.parameters.items():
-            if isinstance(spec, Param):
-                params[name] = spec
-            elif spec in _TYPE_NAMES:
-                params[name] = Param(spec)
-            else:
-                raise TypeError(f"parameter {name!r}: expected a Param or str/int/float/bool")
-        clash = sorted(set(params) & set(self.fixed_parameters))
+        from .params import ModelParameters, is_model, model_parameters
+
+        if is_model(self.parameters):
+            self.parameters = model_parameters(self.parameters)  # type: ignore[arg-type]
+        if isinstance(self.parameters, ModelParameters):
+            names: Sequence[str] = self.parameters.names
+        else:
+            params: dict[str, Param] = {}
+            for name, spec in self.parameters.items():
+                if isinstance(spec, Param):
+                    params[name] = spec
+                elif spec in _TYPE_NAMES:
+                    params[name] = Param(spec)
+                else:
+                    raise TypeError(f"parameter {name!r}: expected a Param or str/int/float/bool")
+            self.parameters, names = params, list(params)
+        clash = sorted(set(names) & set(self.fixed_parameters))
         if clash:
             raise ValueError(f"parameters both allowed and fixed: {', '.join(clash)}")
-        self.parameters = params
         if self.keepalive <= 0:
             raise ValueError("keepalive must be a positive number of seconds")
         if self.resume_window is not None and self.resume_window <= 0:
@@ -281,6 +294,8 @@ class Policy:
         Raises `HTTPError(400, "invalid_parameter", ...)` naming the first
         unknown, missing or ill-typed parameter.
         """
+        if not isinstance(self.parameters, Mapping):  # a model (ikproxy.params)
+            return {**self.parameters.validate(raw, from_text=from_text), **self.fixed_parameters}
         allowed: Mapping[str, Param] = self.parameters  # type: ignore[assignment]
         unknown = sorted(set(raw) - set(allowed))
         if unknown:

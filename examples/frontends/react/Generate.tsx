@@ -1,12 +1,12 @@
 // A React component: a prompt, the ETA on the button, the result image.
 //
-// Copy ikproxy.js and ikproxy.d.ts next to this file (see ../README.md); the
-// server runs the proxy at /api. Leaving the page (unmounting) aborts the
-// request, which closes the run on the server.
+// The browser module comes from the npm package `ikproxy` (see ../README.md); the
+// server runs the proxy at /api. Unmounting (or leaving the page) aborts the
+// request, which stops the run on the server.
 
 import { type FormEvent, useEffect, useRef, useState } from "react";
 
-import { ImageOutput, ProgressEstimate, StreamError, formatDuration, run } from "./ikproxy.js";
+import { ImageOutput, ProgressEstimate, StreamError, formatDuration, run } from "ikproxy";
 
 export interface GenerateProps {
   /** The proxy's run endpoint. */

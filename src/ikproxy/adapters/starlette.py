@@ -42,8 +42,8 @@ from starlette.routing import Mount, Route, Router
 
 from ..asgi import ProxyEndpoint, proxy_request, to_starlette_response
 from ..deployments import Deployment
-from ..policy import HTTPError, Param, Policy
-from ..protocol import NDJSON_MEDIA_TYPE, SSE_MEDIA_TYPE
+from ..openapi import FORMAT_PARAMETER, STATUS_DOCS, run_docs
+from ..policy import HTTPError, Policy
 from ..proxy import Proxy, error_response
 from ..server import new_request_id
 
@@ -159,7 +159,7 @@ def fastapi_router(
         summary="Start a run and stream its progress (parameters and images in the body)",
         response_class=StreamingResponse,
         responses=responses,
-        openapi_extra={"parameters": [_FORMAT], "requestBody": body},
+        openapi_extra={"parameters": [FORMAT_PARAMETER], "requestBody": body},
     )
     api.add_api_route(
         "/health",
@@ -230,38 +230,6 @@ def _phrase(status: int) -> str:
 
 # -- OpenAPI ------------------------------------------------------------------------
 
-_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
-_STATUS_DOCS = {
-    400: "Invalid parameters or input",
-    401: "Authentication required",
-    403: "Not allowed",
-    413: "Request body too large",
-    415: "Unsupported body or image type",
-    429: "Rate limited (see Retry-After)",
-    502: "The deployment failed or refused the run",
-    504: "The deployment did not answer in time",
-}
-_FORMAT = {
-    "name": "format",
-    "in": "query",
-    "description": "The stream format (default: from Accept, else sse)",
-    "schema": {"type": "string", "enum": ["sse", "ndjson"]},
-}
-
-
-def _param_schema(param: Param) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": _TYPES[param.type]}
-    keywords = {
-        "maxLength": param.max_length,
-        "minLength": param.min_length,
-        "minimum": param.minimum,
-        "maximum": param.maximum,
-        "default": param.default,
-        "enum": list(param.choices) if param.choices is not None else None,
-    }
-    schema.update((key, value) for key, value in keywords.items() if value is not None)
-    return schema
-
 
 @functools.cache
 def _error_model() -> type[Any]:
@@ -283,32 +251,8 @@ def _run_docs(
     policy: Policy,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[int | str, dict[str, Any]]]:
     """The OpenAPI query parameters, request body and responses of `/run`, from the policy."""
-    params: dict[str, Param] = dict(policy.parameters)  # type: ignore[arg-type]
-    properties = {name: _param_schema(p) for name, p in params.items()}
-    required = [name for name, p in params.items() if p.required]
-    query = [
-        {"name": name, "in": "query", "required": name in required, "schema": schema}
-        for name, schema in properties.items()
-    ]
-
-    def form(image: dict[str, Any] | None) -> dict[str, Any]:
-        fields = {**properties, "image": image} if image and policy.max_inputs else properties
-        schema = {"type": "object", "properties": fields}
-        return {"schema": {**schema, "required": required} if required else schema}
-
-    text = {"type": "string", "description": "a data: URL or base64 image"}
-    body = {
-        "application/json": form({"oneOf": [text, {"type": "array", "items": text}]}),
-        "multipart/form-data": form({"type": "string", "format": "binary"}),
-        "application/x-www-form-urlencoded": form(None),
-    }
-    stream = {"schema": {"type": "string"}}
-    responses: dict[int | str, dict[str, Any]] = {
-        200: {
-            "description": "The run's progress events, then one result or error event",
-            "content": {SSE_MEDIA_TYPE: stream, NDJSON_MEDIA_TYPE: stream},
-        }
-    }
-    for status, description in _STATUS_DOCS.items():
-        responses[status] = {"description": description, "model": _error_model()}
-    return [*query, _FORMAT], {"required": True, "content": body}, responses
+    query, body, responses = run_docs(policy)
+    documented: dict[int | str, dict[str, Any]] = {200: responses[200]}
+    for status, description in STATUS_DOCS.items():
+        documented[status] = {"description": description, "model": _error_model()}
+    return query, body, documented

@@ -1,0 +1,5 @@
+import { createRoot } from "react-dom/client";
+
+import { Generate } from "./Generate.js";
+
+createRoot(document.getElementById("app")!).render(<Generate />);

@@ -1,0 +1,5 @@
+import { createApp } from "vue";
+
+import Generate from "./Generate.vue";
+
+createApp(Generate).mount("#app");
