@@ -108,7 +108,8 @@ async def test_an_existing_path_raises_unless_overwritten(client: Client) -> Non
         await client.storage.put(b"two", "same")
     assert info.value.status_code == 409
     second = await client.storage.put(b"two", "same", overwrite=True)
-    assert second.uid != first.uid
+    assert second.uid == first.uid  # the object at that path is updated
+    assert second.sha256 != first.sha256
     assert await client.storage.read_bytes(await client.storage.get("same")) == b"two"
 
 
