@@ -323,5 +323,5 @@ def test_sniffing(head: bytes, mime: str | None) -> None:
 
 
 async def test_an_invalid_url() -> None:
-    with pytest.raises(FetchUnsupportedScheme, match="^not a valid URL$"):
+    with pytest.raises(FetchUnsupportedScheme, match=r"^not a valid URL$"):
         await fetch_url("http://host:notaport/secret", max_bytes=10, timeout=5)
