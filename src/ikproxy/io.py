@@ -22,12 +22,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BaseIO",
+    "FileIO",
     "ImageIO",
     "InputLike",
     "StorageObjectIO",
     "TaskIO",
     "as_inputs",
     "io_from_json",
+    "sniff_content_type",
 ]
 
 # Magic numbers of the image formats a browser can show, checked in order.
@@ -52,6 +54,48 @@ def _sniff(head: bytes) -> tuple[str, str] | None:
         return "WEBP", "image/webp"
     if head[4:8] == b"ftyp" and head[8:12] in {b"avif", b"avis"}:
         return "AVIF", "image/avif"
+    return None
+
+
+# ISO base media brands (the `ftyp` box) that are not plain MP4 video.
+_FTYP_BRANDS = {
+    b"qt  ": "video/quicktime",
+    b"avif": "image/avif",
+    b"avis": "image/avif",
+    b"heic": "image/heic",
+    b"heix": "image/heic",
+    b"mif1": "image/heif",
+    b"M4A ": "audio/mp4",
+    b"3gp4": "video/3gpp",
+    b"3gp5": "video/3gpp",
+    b"3gp6": "video/3gpp",
+    b"3g2a": "video/3gpp2",
+}
+
+#: How many leading bytes `sniff_content_type` needs.
+SNIFF_BYTES = 64
+
+
+def sniff_content_type(head: bytes) -> str | None:
+    """The MIME type read from a file's first bytes (images, videos, zip, PDF), or None.
+
+    Pass at least `SNIFF_BYTES` bytes when the file has them. Magic numbers
+    only: the declared type of a file (its name, a Content-Type header) is
+    never trusted for what is sent on.
+    """
+    image = _sniff(head)
+    if image is not None:
+        return image[1]
+    if head[4:8] == b"ftyp":
+        return _FTYP_BRANDS.get(head[8:12], "video/mp4")
+    if head.startswith(b"\x1aE\xdf\xa3"):
+        return "video/webm" if b"webm" in head[:SNIFF_BYTES] else "video/x-matroska"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "video/x-msvideo"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "application/zip"
+    if head.startswith(b"%PDF-"):
+        return "application/pdf"
     return None
 
 
@@ -259,6 +303,92 @@ class TaskIO(BaseIO):
         return f"TaskIO({self.kind!r}, {self.data!r})"
 
 
+class FileIO(BaseIO):
+    """A local file or folder to send through SCALE storage (a video, a document, a folder).
+
+    `path` is read when the run starts, streamed from disk (never whole in
+    memory); a folder is zipped to a temporary file first. `content_type`
+    overrides the type found from the name or the bytes (see `content_type`;
+    a folder is sent as `application/zip`); `data_type` (`"image"`,
+    `"video"`, `"file_path"` or `"folder_path"`) overrides the type inferred
+    from the workflow's input; `filename` is the name shown for it (the
+    path's own name by default). On the wire it becomes a
+    `{"storage_object": ...}` once uploaded; a local deployment gets the
+    object itself and reads `path`.
+    """
+
+    kind: ClassVar[str] = "storage_object"  # type: ignore[misc]
+    __slots__ = ("_content_type", "data_type", "filename", "path")
+
+    DATA_TYPES: ClassVar[frozenset[str]] = frozenset({"image", "video", "file_path", "folder_path"})
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        content_type: str | None = None,
+        data_type: str | None = None,
+        filename: str | None = None,
+    ) -> None:
+        if data_type is not None and data_type not in self.DATA_TYPES:
+            raise ValueError(
+                f"data_type must be one of {', '.join(sorted(self.DATA_TYPES))}, not {data_type!r}"
+            )
+        self.path = Path(path)
+        self._content_type = content_type
+        self.data_type = data_type
+        self.filename = filename or self.path.name
+
+    @property
+    def is_dir(self) -> bool:
+        """Whether the path is a folder (zipped before it is uploaded)."""
+        return self.path.is_dir()
+
+    @property
+    def content_type(self) -> str:
+        """The given content type; else `inode/directory` for a folder; else, as the
+        official client, the type its name's extension implies; else sniffed from
+        its first bytes; else `application/octet-stream`."""
+        if self._content_type:
+            return self._content_type
+        if self.is_dir:
+            return "inode/directory"
+        guessed = _guess_type(self.filename)
+        if guessed is not None and guessed != "application/octet-stream":
+            return guessed
+        with self.path.open("rb") as file:
+            head = file.read(SNIFF_BYTES)
+        return sniff_content_type(head) or "application/octet-stream"
+
+    def to_json(self) -> dict[str, Any]:
+        raise TypeError(
+            "a FileIO has no wire form of its own: the SCALE client uploads it to storage "
+            "and sends the storage object"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FileIO):
+            return NotImplemented
+        return (self.path, self._content_type, self.data_type, self.filename) == (
+            other.path,
+            other._content_type,
+            other.data_type,
+            other.filename,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"FileIO({str(self.path)!r}, data_type={self.data_type!r})"
+
+
+def _guess_type(name: str) -> str | None:
+    import mimetypes
+
+    guessed, _ = mimetypes.guess_type(name)
+    return guessed
+
+
 def io_from_json(obj: Any) -> BaseIO:
     """The typed value for a one-key wire object; `ValueError` if it is not one."""
     if not isinstance(obj, Mapping) or len(obj) != 1:
@@ -274,12 +404,17 @@ def io_from_json(obj: Any) -> BaseIO:
 InputLike = Union[
     str, "os.PathLike[str]", bytes, "Image.Image", BaseIO, "Results", Mapping[str, Any]
 ]
-"""What a run accepts as an input: a path, image bytes, a PIL image, a typed IO,
+"""What a run accepts as an input: a path (an image, another file, a folder), a
+URL (SCALE client), image bytes, a PIL image, a typed IO (`FileIO` for files),
 a previous run's `Results` (to chain runs), or a raw one-key wire object."""
 
 
 def as_inputs(*inputs: InputLike) -> list[BaseIO]:
-    """Normalise run inputs to typed IO values, in order."""
+    """Normalise run inputs to typed IO values, in order.
+
+    A path to an image becomes an `ImageIO`; a path to any other file (by its
+    bytes: a video, a document) or to a folder becomes a `FileIO`.
+    """
     from .model import Results
 
     out: list[BaseIO] = []
@@ -291,7 +426,7 @@ def as_inputs(*inputs: InputLike) -> list[BaseIO]:
         elif isinstance(value, (bytes, bytearray, memoryview)):
             out.append(ImageIO.from_bytes(bytes(value)))
         elif isinstance(value, (str, os.PathLike)):
-            out.append(ImageIO.from_path(value))
+            out.append(_path_input(value))
         elif isinstance(value, Mapping):
             out.append(io_from_json(value))
         elif _is_pil_image(value):
@@ -302,6 +437,25 @@ def as_inputs(*inputs: InputLike) -> list[BaseIO]:
                 "a PIL image, an ImageIO, a Results or a one-key dict"
             )
     return out
+
+
+def _path_input(value: str | os.PathLike[str]) -> BaseIO:
+    """An image file read inline; any other file, or a folder, as a `FileIO`."""
+    if isinstance(value, str) and "://" in value:
+        raise ValueError(
+            "a URL input is fetched by the SCALE client (ikproxy.Client), not read as a path"
+        )
+    path = Path(value)
+    if path.is_dir():
+        return FileIO(path)
+    data = path.read_bytes() if _is_image_file(path) else None
+    return ImageIO(data) if data is not None else FileIO(path)
+
+
+def _is_image_file(path: Path) -> bool:
+    with path.open("rb") as file:
+        head = file.read(SNIFF_BYTES)
+    return _sniff(head) is not None
 
 
 def _is_pil_image(value: object) -> bool:
