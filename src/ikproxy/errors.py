@@ -11,6 +11,7 @@ __all__ = [
     "IkproxyError",
     "IncompleteStream",
     "InvalidParameter",
+    "RunNotFound",
     "RunTimeout",
     "StreamError",
     "UpstreamConnectionError",
@@ -53,6 +54,10 @@ class UpstreamError(IkproxyError):
 
 class UpstreamHTTPError(UpstreamError):
     """The deployment answered with an HTTP error status."""
+
+
+class RunNotFound(UpstreamHTTPError):
+    """The deployment does not know the run asked for (HTTP 404 on its results)."""
 
 
 class UpstreamConnectionError(UpstreamError):
