@@ -209,6 +209,10 @@ class Policy:
     * `resume_window`: make runs resumable (see `ikproxy.runs`): a run goes on without
       its client for this many seconds, and a reconnecting client resumes it from its
       `Last-Event-ID`.
+    * `resume_secret`: with `resume_window`, and a deployment that can attach to a
+      run (SCALE), event ids carry a sealed reference to the upstream run (see
+      `ikproxy.sealed`), so any instance sharing the secret resumes the run: bytes
+      or str of at least 32 bytes, kept as secret as the SCALE token.
     """
 
     parameters: Mapping[str, Param | type] = field(default_factory=dict)
@@ -224,6 +228,7 @@ class Policy:
     retry_ms: int | None = 3000
     finish_on_disconnect: bool = False
     resume_window: float | None = None
+    resume_secret: bytes | str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         params: dict[str, Param] = {}
@@ -242,6 +247,8 @@ class Policy:
             raise ValueError("keepalive must be a positive number of seconds")
         if self.resume_window is not None and self.resume_window <= 0:
             raise ValueError("resume_window must be a positive number of seconds")
+        if self.resume_secret is not None and self.resume_window is None:
+            raise ValueError("resume_secret needs resume_window (how long a run stays resumable)")
         if self.max_upload_bytes < 0 or self.max_inputs < 0:
             raise ValueError("max_upload_bytes and max_inputs must not be negative")
 

@@ -17,6 +17,7 @@ import functools
 import inspect
 import json
 import logging
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -24,7 +25,8 @@ from typing import Any, Final, Generic, TypeVar, cast
 from urllib.parse import parse_qsl
 
 from .__about__ import __version__
-from .deployments import Deployment
+from .deployments import Deployment, SupportsAttach
+from .errors import RunNotFound
 from .model import Progress
 from .parsing import (
     ProxyRequest,
@@ -42,6 +44,7 @@ from .protocol import (
     error_body,
 )
 from .runs import RunRegistry, SharedRun, parse_position
+from .sealed import SEALED_PREFIX, ExpiredReference, InvalidReference, Sealer
 from .server import (
     RunStream,
     StreamFormat,
@@ -141,6 +144,11 @@ class Proxy:
         window = self.policy.resume_window
         #: The resumable runs, when `resume_window` is set.
         self.runs: RunRegistry | None = RunRegistry(window) if window else None
+        secret = self.policy.resume_secret
+        sealer = Sealer(secret) if secret is not None else None
+        #: Seals upstream run references into event ids: with `resume_secret`, when the
+        #: deployment can attach to a run.
+        self.sealer = sealer if isinstance(deployment, SupportsAttach) else None
 
     # -- entry points -------------------------------------------------------
 
@@ -154,12 +162,13 @@ class Proxy:
             if route is not None:
                 return route
             await _resolve(self._admit(request))
-            resumed = self._resume(request, request_id)
+            caller = _as_key(await _value(self._caller(request)))
+            resumed = self._resume(request, request_id, caller)
             if resumed is not None:
-                return resumed
+                return await _value(resumed)
             raw = await read_body(request, body, self.policy.max_upload_bytes)
             spec = parse_run_request(request, raw, self.policy, request_id)
-            return await self._start(spec)
+            return await self._start(spec, caller)
         except HTTPError as exc:
             return error_response(exc, request_id)
 
@@ -179,13 +188,14 @@ class Proxy:
             pending = self._admit(request)
             if inspect.isawaitable(pending):
                 blocking_portal().call(_resolve, pending)
-            resumed = self._resume(request, request_id)
+            caller = _as_key(_value_sync(self._caller(request)))
+            resumed = self._resume(request, request_id, caller)
             if resumed is not None:
-                response = resumed
+                response = _value_sync(resumed)
             else:
                 raw = read_body_sync(request, body, self.policy.max_upload_bytes)
                 spec = parse_run_request(request, raw, self.policy, request_id)
-                response = blocking_portal().call(self._start, spec)
+                response = blocking_portal().call(self._start, spec, caller)
         except HTTPError as exc:
             response = error_response(exc, request_id)
         if isinstance(response.body, bytes):
@@ -270,6 +280,13 @@ class Proxy:
         _check_wait(wait)
         return None
 
+    def _caller(self, request: ProxyRequest) -> Any:
+        """The key sealed references are bound to: the rate limit's key (None: nothing sealed)."""
+        if self.sealer is None:
+            return None
+        key_fn = self.policy.rate_limit_key
+        return key_fn(request.native) if key_fn else (request.client or "anonymous")
+
     @staticmethod
     async def _rate_limit_after(
         limiter: RateLimiter, key: Awaitable[Any] | None = None, wait: Any = None
@@ -282,22 +299,20 @@ class Proxy:
 
     # -- running ------------------------------------------------------------------
 
-    async def _start(self, spec: RunSpec) -> ProxyResponse:
+    async def _start(self, spec: RunSpec, caller: str | None = None) -> ProxyResponse:
         """Submit the run and wait for its first progress, so a refusal is a real HTTP error."""
         policy = self.policy
         stream = self.deployment.run_stream(
             *spec.inputs, parameters=spec.parameters, task=policy.task, timeout=policy.timeout
         )
-        try:
-            first = await stream.__anext__()
-        except StopAsyncIteration:
-            first = None
-        except Exception as exc:
-            code = error_code(exc)
-            logger.error("run refused [request_id=%s code=%s]", spec.request_id, code, exc_info=exc)
-            await aclose(stream)
-            raise HTTPError(HTTP_STATUS[code], code, ERROR_MESSAGES[code]) from None
+        first = await _first(stream, spec.request_id)
         headers = stream_headers(spec.format, spec.request_id)
+        if caller is not None and first is not None and first.uuid:
+            # The upstream keeps the run: its event ids carry a sealed reference to it.
+            body = self._sealed(
+                _prepend(first, stream), first.uuid, caller, spec.format, spec.request_id, 0
+            )
+            return ProxyResponse(200, headers, body)
         if self.runs is not None:
             run = self.runs.start(
                 _prepend(first, stream), request_id=spec.request_id, timeout=policy.timeout
@@ -330,7 +345,9 @@ class Proxy:
             id_prefix=f"{run.token}:",
         )
 
-    def _resume(self, request: ProxyRequest, request_id: str) -> ProxyResponse | None:
+    def _resume(
+        self, request: ProxyRequest, request_id: str, caller: str | None = None
+    ) -> ProxyResponse | Awaitable[ProxyResponse] | None:
         """The stream of a run resumed from its `Last-Event-ID`, or None for a new run."""
         if self.runs is None or request.path.strip("/") != "run":
             return None
@@ -341,16 +358,111 @@ class Proxy:
         position = parse_position(last_event_id)
         if position is None:
             raise HTTPError(400, "invalid_parameter", "Last-Event-ID is not a resume position")
-        run = self.runs.get(position[0])
-        if run is None:
-            raise HTTPError(410, "resume_expired", "the run to resume is unknown or has expired")
+        token, seen = position
         format = negotiate_format(query.get("format"), request.header("accept"))
-        after = min(position[1], len(run.items))
+        if caller is not None and token.startswith(SEALED_PREFIX):
+            reference = token[len(SEALED_PREFIX) :]
+            return self._resume_sealed(reference, seen, caller, format, request_id)
+        run = self.runs.get(token)
+        if run is None:
+            raise _gone()
+        after = min(seen, len(run.items))
         body = self._follow(run, format, request_id, after)
+        return ProxyResponse(200, stream_headers(format, request_id), body)
+
+    # -- sealed references: resuming by attaching to the upstream run --------------
+
+    def _sealed(
+        self,
+        stream: AsyncIterator[Progress],
+        uuid: str,
+        caller: str,
+        format: StreamFormat,
+        request_id: str,
+        after: int,
+    ) -> RunStream:
+        """A run's stream whose event ids carry a sealed reference to its upstream `uuid`.
+
+        Each id is sealed as its event goes out, valid `resume_window` seconds from then.
+        """
+        sealer, policy = self.sealer, self.policy
+        assert sealer is not None
+        window = policy.resume_window or 0.0
+
+        def prefix() -> str:
+            return f"{SEALED_PREFIX}{sealer.seal(uuid, caller, time.time() + window)}:"
+
+        return RunStream(
+            stream,
+            format=format,
+            keepalive=policy.keepalive,
+            retry_ms=policy.retry_ms,
+            request_id=request_id,
+            timeout=policy.timeout,
+            finish_on_disconnect=policy.finish_on_disconnect,
+            first_id=after + 1,
+            id_prefix=prefix,
+        )
+
+    async def _resume_sealed(
+        self, reference: str, seen: int, caller: str, format: StreamFormat, request_id: str
+    ) -> ProxyResponse:
+        """Open a sealed reference and attach to its upstream run: the current state, then on."""
+        assert self.sealer is not None
+        try:
+            uuid = self.sealer.open(reference, caller)
+        except (InvalidReference, ExpiredReference) as exc:
+            logger.info("resume refused [request_id=%s]: %s", request_id, exc)
+            raise _gone() from None
+        deployment = cast(SupportsAttach, self.deployment)
+        stream = deployment.attach(uuid, task=self.policy.task, timeout=self.policy.timeout)
+        first = await _first(stream, request_id)
+        body = self._sealed(_prepend(first, stream), uuid, caller, format, request_id, seen)
         return ProxyResponse(200, stream_headers(format, request_id), body)
 
 
 # -- helpers ---------------------------------------------------------------------
+
+
+def _gone() -> HTTPError:
+    return HTTPError(410, "resume_expired", "the run to resume is unknown or has expired")
+
+
+async def _first(stream: AsyncIterator[Progress], request_id: str) -> Progress | None:
+    """A run's first progress (None if it has none); its failure as an `HTTPError`.
+
+    An upstream that does not know the run (attaching to it) means it is gone: 410.
+    """
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
+    except Exception as exc:
+        await aclose(stream)
+        if isinstance(exc, RunNotFound):
+            logger.info("resume refused [request_id=%s]: %s", request_id, exc)
+            raise _gone() from None
+        code = error_code(exc)
+        logger.error("run refused [request_id=%s code=%s]", request_id, code, exc_info=exc)
+        raise HTTPError(HTTP_STATUS[code], code, ERROR_MESSAGES[code]) from None
+
+
+async def _value(value: T | Awaitable[T]) -> T:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def _value_sync(value: T | Awaitable[T]) -> T:
+    """`_value` for sync code: an awaitable is awaited in the portal's loop."""
+    if inspect.isawaitable(value):
+        result: T = blocking_portal().call(_value, value)
+        return result
+    return value
+
+
+def _as_key(key: Any) -> str | None:
+    return None if key is None else str(key)
 
 
 @functools.cache
