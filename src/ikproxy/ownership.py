@@ -1,0 +1,136 @@
+"""Run ownership: who produces a shared run, and who takes it over when that instance dies.
+
+With a shared store, the instance that starts a resumable run holds a lease
+on it (`run:<token>:owner`, `LEASE_TTL` seconds) and renews it every
+`RENEW_EVERY` seconds while it reads the upstream. If the instance dies, the
+lease lapses within `LEASE_TTL`. A follower on another instance checks the
+lease every `CHECK_EVERY` seconds while it waits for events; when it finds
+none, its instance takes the lease and then:
+
+* if the deployment `SupportsAttach` and the run's upstream id is known (the
+  `uuid` of its first logged event), it attaches to the upstream run and
+  appends what follows to the same log, so every follower gets the result;
+* otherwise (a local run: the work died with its process) it ends the log with
+  a terminal `run_lost` error, which every follower gets.
+
+So a follower learns of its producer's death within `TAKEOVER_BOUND` seconds.
+An owner that cannot renew its lease (it lost the store, or another instance
+took the run over) stops producing, so a run never has two writers for long,
+and the store's numbered appends keep its log free of gaps and doubles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import anyio
+
+from .stores import Store, StoreUnavailable
+
+__all__ = [
+    "CHECK_EVERY",
+    "LEASE_TTL",
+    "LOST",
+    "RENEW_EVERY",
+    "TAKEOVER_BOUND",
+    "OwnerLease",
+    "lease_name",
+    "upstream_uuid",
+]
+
+logger = logging.getLogger("ikproxy")
+
+#: Seconds a run's owner lease lasts without renewal.
+LEASE_TTL: Final = 5.0
+#: Seconds between two renewals by the owner (well under `LEASE_TTL`: two may fail).
+RENEW_EVERY: Final = 1.5
+#: Seconds between two checks of the lease by a waiting follower.
+CHECK_EVERY: Final = 1.5
+#: The longest a follower waits, after its run's owner died, before the run goes on or
+#: ends with `run_lost` (the lease's TTL, a check interval, and a margin for the store).
+TAKEOVER_BOUND: Final = LEASE_TTL + CHECK_EVERY + 1.0
+
+#: The terminal event logged for a run whose work died with its instance.
+LOST: Final = {"error": "run_lost"}
+
+
+def lease_name(token: str) -> str:
+    """The store lease that names a run's producing instance."""
+    return f"run:{token}:owner"
+
+
+def upstream_uuid(events: list[Mapping[str, Any]]) -> str | None:
+    """The deployment's id of a run, from its logged events (every SCALE progress has it)."""
+    for event in events:
+        uuid = event.get("uuid")
+        if isinstance(uuid, str) and uuid:
+            return uuid
+    return None
+
+
+class OwnerLease:
+    """The lease of one run's producer: taken, renewed while the run is read, released."""
+
+    def __init__(
+        self,
+        store: Store,
+        token: str,
+        owner: str,
+        *,
+        ttl: float = LEASE_TTL,
+        every: float = RENEW_EVERY,
+    ) -> None:
+        if not 0 < every < ttl:
+            raise ValueError("a lease must be renewed more often than it lasts")
+        self.store = store
+        self.token = token
+        self.name = lease_name(token)
+        self.owner = owner
+        self.ttl = ttl
+        self.every = every
+        self._keeper: asyncio.Task[None] | None = None
+
+    async def acquire(self) -> bool:
+        """Become the run's owner, unless another instance is; False then."""
+        return await self.store.acquire_lease(self.name, self.owner, ttl=self.ttl)
+
+    def keep(self, on_lost: Callable[[], None]) -> None:
+        """Renew the lease in the background until `release`; `on_lost()` if it is lost.
+
+        It is lost when a renewal finds another owner, or when renewals fail
+        (the store is unreachable) until the lease has lapsed.
+        """
+        if self._keeper is None:
+            self._keeper = asyncio.get_running_loop().create_task(self._renew(on_lost))
+
+    async def _renew(self, on_lost: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
+        while True:
+            await anyio.sleep(self.every)
+            try:
+                held = await self.store.renew_lease(self.name, self.owner, ttl=self.ttl)
+            except StoreUnavailable as exc:
+                if loop.time() - renewed < self.ttl:
+                    logger.warning("run lease renewal failed [token=%s]: %s", self.token, exc)
+                    continue
+                held = False
+            if not held:
+                logger.error("lost the ownership of a run [token=%s]", self.token)
+                on_lost()
+                return
+            renewed = loop.time()
+
+    async def release(self) -> None:
+        """Stop renewing and give the lease up (never raises: a lapsed lease is as good)."""
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+            try:
+                await self.store.release_lease(self.name, self.owner)
+            except StoreUnavailable:
+                pass
