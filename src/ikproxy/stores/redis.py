@@ -1,0 +1,311 @@
+"""`RedisStore`: state shared by every worker and machine through one Redis (redis-py asyncio).
+
+Keys, under `prefix` (default `ikproxy`), with the run token as a Redis Cluster
+hash tag so that each script touches one slot:
+
+* `<prefix>:run:{<token>}`: a hash, the run's `count`, `done` and JSON `meta`;
+* `<prefix>:run:{<token>}:log`: a stream, event `n` at entry id `n-0`, field `e`;
+* `<prefix>:run:{<token>}:seen`: set while a follower reads the run;
+* `<prefix>:rate:<key>`: a GCRA rate-limit bucket (its theoretical arrival time);
+* `<prefix>:slots:<key>`: a sorted set of active-run slots scored by expiry (ms);
+* `<prefix>:lease:<name>`: a lease, its owner as the value.
+
+Every key has a TTL. Each write is one Lua script or one pipeline: one round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .base import RunInfo, StoreUnavailable
+
+__all__ = ["RedisStore"]
+
+_APPEND = """
+local count = tonumber(redis.call('HGET', KEYS[1], 'count') or '-1')
+if count < 0 then return -1 end
+if redis.call('HGET', KEYS[1], 'done') == '1' then return count end
+local first = tonumber(ARGV[1])
+if count ~= first - 1 then return count end
+local n = #ARGV - 3
+for i = 1, n do
+  redis.call('XADD', KEYS[2], (first + i - 1) .. '-0', 'e', ARGV[3 + i])
+end
+count = first + n - 1
+redis.call('HSET', KEYS[1], 'count', count, 'done', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return count
+"""
+
+_GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval = 1 / tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local allow_at = tat + interval - tonumber(ARGV[2]) * interval
+if now < allow_at then return string.format('%.6f', allow_at - now) end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.6f', new_tat),
+           'PX', math.max(1, math.ceil((new_tat - now) * 1000)))
+return false
+"""
+
+_ACQUIRE_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1])
+   or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return false
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return tostring(tonumber(first[2]) - now)
+"""
+
+_RENEW_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) <= now then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+_ACQUIRE_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+#: The longest a blocking read waits, so that its connection's timeout stays short.
+_MAX_BLOCK = 5.0
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+class RedisStore:
+    """Runs, rate limits, active-run slots and leases in one Redis, shared by every instance.
+
+    `url` is a redis-py URL (`redis://host:6379/0`, `rediss://...`,
+    `unix:///path`). Connecting and each reply time out after `timeout`
+    seconds (blocking reads after their wait plus `timeout`); a failure raises
+    `StoreUnavailable`. With `fail_open=True` rate limits and active-run caps
+    let requests through while Redis is unreachable instead (the default
+    refuses them with 503 `store_unavailable`).
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "ikproxy",
+        timeout: float = 1.0,
+        fail_open: bool = False,
+        max_connections: int | None = None,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.timeout = timeout
+        self.fail_open = fail_open
+        common: dict[str, Any] = {
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 1),
+            "max_connections": max_connections,
+        }
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout, **common)
+        # Blocking reads hold their connection for up to _MAX_BLOCK: a pool of their own.
+        self._blocking = aioredis.Redis.from_url(url, socket_timeout=_MAX_BLOCK + timeout, **common)
+        self._append = self._redis.register_script(_APPEND)
+        self._gcra = self._redis.register_script(_GCRA)
+        self._acquire_slot = self._redis.register_script(_ACQUIRE_SLOT)
+        self._renew_slot = self._redis.register_script(_RENEW_SLOT)
+        self._acquire_lease = self._redis.register_script(_ACQUIRE_LEASE)
+        self._renew_lease = self._redis.register_script(_RENEW_LEASE)
+        self._release_lease = self._redis.register_script(_RELEASE_LEASE)
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
+
+    @contextlib.asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        """Turn redis-py's connection failures into `StoreUnavailable`."""
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+
+    def _run_keys(self, run: str) -> tuple[str, str, str]:
+        base = f"{self.prefix}:run:{{{run}}}"
+        return base, f"{base}:log", f"{base}:seen"
+
+    # -- run logs ---------------------------------------------------------------
+
+    async def create_run(self, run: str, meta: Mapping[str, Any], *, ttl: float) -> None:
+        info, log, _ = self._run_keys(run)
+        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(log)
+            pipe.hset(info, mapping={"count": 0, "done": 0, "meta": _dumps(dict(meta))})
+            pipe.pexpire(info, _ms(ttl))
+            await pipe.execute()
+
+    async def append_events(
+        self,
+        run: str,
+        first: int,
+        events: Sequence[Mapping[str, Any]],
+        *,
+        ttl: float,
+        final: bool = False,
+    ) -> int:
+        info, log, _ = self._run_keys(run)
+        args: list[Any] = [first, _ms(ttl), 1 if final else 0]
+        args.extend(_dumps(e) for e in events)
+        async with self._guard():
+            count = await self._append(keys=[info, log], args=args)
+        return int(count)
+
+    async def read_events(
+        self, run: str, after: int, *, timeout: float, limit: int = 1000
+    ) -> list[tuple[int, dict[str, Any]]]:
+        _, log, _ = self._run_keys(run)
+        block = _ms(min(max(timeout, 0.001), _MAX_BLOCK))
+        async with self._guard():
+            reply: Any = await self._blocking.xread({log: f"{after}-0"}, count=limit, block=block)
+        events: list[tuple[int, dict[str, Any]]] = []
+        for _name, entries in reply or []:
+            for entry_id, fields in entries:
+                number = int(entry_id.split(b"-", 1)[0])
+                events.append((number, json.loads(fields[b"e"])))
+        return events
+
+    async def run_info(self, run: str) -> RunInfo | None:
+        info, _, seen = self._run_keys(run)
+        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(info)
+            pipe.exists(seen)
+            fields, followed = await pipe.execute()
+        if not fields:
+            return None
+        meta = json.loads(fields.get(b"meta", b"{}"))
+        done = fields.get(b"done") == b"1"
+        return RunInfo(int(fields.get(b"count", 0)), done, bool(followed), meta)
+
+    async def touch_run(self, run: str, *, ttl: float) -> None:
+        _, _, seen = self._run_keys(run)
+        async with self._guard():
+            await self._redis.set(seen, b"1", px=_ms(ttl))
+
+    async def expire_run(self, run: str, *, ttl: float) -> None:
+        info, log, _ = self._run_keys(run)
+        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
+            pipe.pexpire(info, _ms(ttl))
+            pipe.pexpire(log, _ms(ttl))
+            await pipe.execute()
+
+    async def delete_run(self, run: str) -> None:
+        async with self._guard():
+            await self._redis.delete(*self._run_keys(run))
+
+    # -- rate limits ---------------------------------------------------------------
+
+    async def acquire_token(self, key: str, *, rate: float, burst: int) -> float | None:
+        try:
+            async with self._guard():
+                wait = await self._gcra(keys=[f"{self.prefix}:rate:{key}"], args=[rate, burst])
+        except StoreUnavailable:
+            if self.fail_open:
+                return None
+            raise
+        return None if wait is None else float(wait)
+
+    # -- active-run slots ----------------------------------------------------------
+
+    async def acquire_slot(self, key: str, slot: str, *, limit: int, ttl: float) -> float | None:
+        try:
+            async with self._guard():
+                wait = await self._acquire_slot(
+                    keys=[f"{self.prefix}:slots:{key}"], args=[slot, limit, _ms(ttl)]
+                )
+        except StoreUnavailable:
+            if self.fail_open:
+                return None
+            raise
+        return None if wait is None else max(float(wait) / 1000, 0.0)
+
+    async def renew_slot(self, key: str, slot: str, *, ttl: float) -> bool:
+        async with self._guard():
+            kept = await self._renew_slot(
+                keys=[f"{self.prefix}:slots:{key}"], args=[slot, _ms(ttl)]
+            )
+        return bool(kept)
+
+    async def release_slot(self, key: str, slot: str) -> None:
+        async with self._guard():
+            await self._redis.zrem(f"{self.prefix}:slots:{key}", slot)
+
+    # -- leases ----------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, owner: str, *, ttl: float) -> bool:
+        async with self._guard():
+            got = await self._acquire_lease(
+                keys=[f"{self.prefix}:lease:{name}"], args=[owner, _ms(ttl)]
+            )
+        return bool(got)
+
+    async def renew_lease(self, name: str, owner: str, *, ttl: float) -> bool:
+        async with self._guard():
+            kept = await self._renew_lease(
+                keys=[f"{self.prefix}:lease:{name}"], args=[owner, _ms(ttl)]
+            )
+        return bool(kept)
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        async with self._guard():
+            await self._release_lease(keys=[f"{self.prefix}:lease:{name}"], args=[owner])
+
+    async def lease_owner(self, name: str) -> str | None:
+        async with self._guard():
+            holder: Any = await self._redis.get(f"{self.prefix}:lease:{name}")
+        return None if holder is None else bytes(holder).decode()
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+        await self._blocking.aclose()
