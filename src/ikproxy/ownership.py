@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import anyio
 
-from .stores import Store, StoreUnavailable
+from .model import Progress
+from .stores import RunInfo, Store, StoreUnavailable
 
 __all__ = [
     "CHECK_EVERY",
@@ -37,6 +38,7 @@ __all__ = [
     "RENEW_EVERY",
     "TAKEOVER_BOUND",
     "OwnerLease",
+    "Takeover",
     "lease_name",
     "upstream_uuid",
 ]
@@ -62,7 +64,7 @@ def lease_name(token: str) -> str:
     return f"run:{token}:owner"
 
 
-def upstream_uuid(events: list[Mapping[str, Any]]) -> str | None:
+def upstream_uuid(events: Sequence[Mapping[str, Any]]) -> str | None:
     """The deployment's id of a run, from its logged events (every SCALE progress has it)."""
     for event in events:
         uuid = event.get("uuid")
@@ -134,3 +136,74 @@ class OwnerLease:
                 await self.store.release_lease(self.name, self.owner)
             except StoreUnavailable:
                 pass
+
+
+#: `attach(uuid)`: the upstream run's progress from now on (a `SupportsAttach` deployment).
+Attach = Callable[[str], AsyncIterator[Progress]]
+
+#: `adopt(token, logged, stream, lease, info)`: produce the run here from `stream` on,
+#: after the `logged` events, holding `lease`.
+Adopt = Callable[[str, list[dict[str, Any]], AsyncIterator[Progress], OwnerLease, RunInfo], object]
+
+
+class Takeover:
+    """What an instance does for a followed run whose owner is gone: go on, or end it lost.
+
+    `check(token, info)` is called by a follower that waits for events of a
+    run that is not done. Cheap while the owner lives (one lease read); when
+    the lease has lapsed, the first instance to take it either attaches to
+    the upstream run (`attach`, when the deployment can and the logged events
+    name the upstream id) and hands it to `adopt`, or logs `LOST` as the run's
+    terminal event.
+    """
+
+    def __init__(
+        self, store: Store, instance: str, *, attach: Attach | None, adopt: Adopt, ttl: float
+    ) -> None:
+        self.store = store
+        self.instance = instance
+        self.attach = attach
+        self.adopt = adopt
+        self.ttl = ttl
+
+    async def check(self, token: str, info: RunInfo) -> None:
+        """Take the run over if its owner's lease has lapsed (no-op otherwise)."""
+        if info.done or await self.store.lease_owner(lease_name(token)) is not None:
+            return
+        lease = OwnerLease(self.store, token, self.instance)
+        if not await lease.acquire():
+            return  # another instance took it first
+        try:
+            current = await self.store.run_info(token)
+            if current is None or current.done:
+                await lease.release()
+                return
+            logged = await self.store.read_events(
+                token, 0, timeout=0.001, limit=max(current.count, 1)
+            )
+            events = [event for _, event in logged[: current.count]]
+            uuid = upstream_uuid(events)
+            if self.attach is not None and uuid is not None:
+                logger.warning("taking over a run whose owner is gone [token=%s]", token)
+                self.adopt(token, events, self.attach(uuid), lease, current)
+                return
+            logger.error("a run was lost with its owner [token=%s]", token)
+            await self._end_lost(token, current)
+        except BaseException:
+            await lease.release()
+            raise
+        await lease.release()
+
+    async def _end_lost(self, token: str, info: RunInfo) -> None:
+        """Log `LOST` as the run's terminal event, after whatever it holds now."""
+        count = info.count
+        for _ in range(3):
+            written = await self.store.append_events(
+                token, count + 1, [LOST], ttl=self.ttl, final=True
+            )
+            if written in (-1, count + 1):
+                return
+            current = await self.store.run_info(token)  # another writer got there first
+            if current is None or current.done:
+                return
+            count = current.count

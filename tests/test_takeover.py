@@ -1,0 +1,184 @@
+"""Run ownership: the producing instance holds a lease; when it dies, another instance takes over.
+
+The lease itself is tested on a `MemoryStore`; the takeover with real
+processes: two uvicorn servers of one app sharing a real redis-server, and the
+fake SCALE server on loopback. The owner of a run is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from ikproxy.ownership import (
+    OwnerLease,
+    lease_name,
+    upstream_uuid,
+)
+from ikproxy.stores import MemoryStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- the lease ------------------------------------------------------------------------------
+
+
+def test_lease_name_and_upstream_uuid() -> None:
+    assert lease_name("tok") == "run:tok:owner"
+    assert upstream_uuid([{"state": "PENDING", "uuid": None}, {"uuid": "u-1"}]) == "u-1"
+    assert upstream_uuid([{"state": "PENDING"}]) is None
+    with pytest.raises(ValueError, match="renewed more often"):
+        OwnerLease(MemoryStore(), "tok", "a", ttl=1.0, every=1.0)
+
+
+@pytest.mark.anyio
+async def test_one_owner_at_a_time_until_it_releases() -> None:
+    store = MemoryStore()
+    first, second = OwnerLease(store, "tok", "a"), OwnerLease(store, "tok", "b")
+    assert await first.acquire()
+    assert await first.acquire()  # the owner again
+    assert not await second.acquire()
+    assert await store.lease_owner(lease_name("tok")) == "a"
+    await first.release()
+    assert await store.lease_owner(lease_name("tok")) is None
+    assert await second.acquire()
+
+
+class _Clocked(MemoryStore):
+    """A memory store on a clock the test moves, which tells when a lease was renewed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.clock = lambda: self.now
+        self.renewed = asyncio.Event()
+
+    async def renew_lease(self, name: str, owner: str, *, ttl: float) -> bool:
+        held = await super().renew_lease(name, owner, ttl=ttl)
+        self.renewed.set()
+        return held
+
+
+@pytest.mark.anyio
+async def test_a_kept_lease_outlives_its_ttl_and_lapses_once_no_longer_renewed() -> None:
+    store = _Clocked()
+    lease = OwnerLease(store, "tok", "a", ttl=5.0, every=0.01)
+    other = OwnerLease(store, "tok", "b")
+    assert await lease.acquire()
+    lost = asyncio.Event()
+    lease.keep(lost.set)
+    for _ in range(10):  # ten times its TTL, in steps of most of it
+        store.now += 4.0
+        store.renewed.clear()
+        await asyncio.wait_for(store.renewed.wait(), 2.0)
+        assert not await other.acquire()
+    assert not lost.is_set()
+    # Renewals stop (as in a killed process): the lease lapses at its TTL, not before.
+    assert lease._keeper is not None
+    lease._keeper.cancel()
+    store.now += 4.9
+    assert not await other.acquire()
+    store.now += 0.1
+    assert await other.acquire()
+
+
+@pytest.mark.anyio
+async def test_an_owner_whose_lease_was_taken_learns_it() -> None:
+    store = MemoryStore()
+    lease = OwnerLease(store, "tok", "a", ttl=0.5, every=0.05)
+    assert await lease.acquire()
+    lost = asyncio.Event()
+    lease.keep(lost.set)
+    await store.release_lease(lease.name, "a")
+    assert await store.acquire_lease(lease.name, "b", ttl=5.0)
+    await asyncio.wait_for(lost.wait(), 2.0)
+    await lease.release()
+    assert await store.lease_owner(lease.name) == "b"  # never released by a former owner
+
+
+# -- the takeover decision ----------------------------------------------------------------------
+
+
+async def _orphan(store: MemoryStore, token: str, events: list[dict[str, Any]]) -> None:
+    """A run whose producer logged `events` and then died: its lease lapsed."""
+    await store.create_run(token, {"request_id": "r"}, ttl=30.0)
+    assert await store.append_events(token, 1, events, ttl=30.0) == len(events)
+
+
+class _Adoptions:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.attached: list[str] = []
+
+    def attach(self, uuid: str) -> Any:
+        self.attached.append(uuid)
+        return iter(())  # never iterated here
+
+    def adopt(self, *args: Any) -> None:
+        self.calls.append(args)
+
+
+@pytest.mark.anyio
+async def test_a_scale_run_is_adopted_by_the_first_instance_that_checks() -> None:
+    store = MemoryStore()
+    logged = [{"state": "PENDING", "uuid": "up-1"}, {"state": "STARTED", "uuid": "up-1"}]
+    await _orphan(store, "tok", logged)
+    b, c = _Adoptions(), _Adoptions()
+    on_b = Takeover(store, "b", attach=b.attach, adopt=b.adopt, ttl=30.0)
+    on_c = Takeover(store, "c", attach=c.attach, adopt=c.adopt, ttl=30.0)
+    info = await store.run_info("tok")
+    assert info is not None
+    await asyncio.gather(on_b.check("tok", info), on_c.check("tok", info))
+    adopted = b.calls + c.calls
+    assert len(adopted) == 1
+    token, events, _stream, lease, current = adopted[0]
+    assert (token, events, current.count) == ("tok", logged, 2)
+    assert b.attached + c.attached == ["up-1"]
+    assert await store.lease_owner(lease_name("tok")) == lease.owner  # kept for the producer
+    # While it holds the lease, nobody else acts.
+    await on_c.check("tok", info)
+    await on_b.check("tok", info)
+    assert len(b.calls + c.calls) == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("can_attach", [False, True])
+async def test_a_run_without_an_upstream_to_attach_to_ends_lost(can_attach: bool) -> None:
+    store = MemoryStore()
+    await _orphan(store, "tok", [{"state": "STARTED", "uuid": None, "fraction": 0.1}])
+    spy = _Adoptions()
+    takeover = Takeover(
+        store, "b", attach=spy.attach if can_attach else None, adopt=spy.adopt, ttl=30.0
+    )
+    info = await store.run_info("tok")
+    assert info is not None
+    await takeover.check("tok", info)
+    assert spy.calls == []
+    after = await store.run_info("tok")
+    assert after is not None
+    assert (after.count, after.done) == (2, True)
+    assert await store.read_events("tok", 1, timeout=0.01) == [(2, LOST)]
+    assert await store.lease_owner(lease_name("tok")) is None
+
+
+@pytest.mark.anyio
+async def test_nothing_is_taken_while_the_owner_lives_or_once_the_run_is_done() -> None:
+    store = MemoryStore()
+    await _orphan(store, "tok", [{"state": "STARTED", "uuid": "up-1"}])
+    spy = _Adoptions()
+    takeover = Takeover(store, "b", attach=spy.attach, adopt=spy.adopt, ttl=30.0)
+    assert await OwnerLease(store, "tok", "a").acquire()
+    info = await store.run_info("tok")
+    assert info is not None
+    await takeover.check("tok", info)
+    assert spy.calls == []
+    await store.release_lease(lease_name("tok"), "a")
+    await store.append_events("tok", 2, [{"state": "SUCCESS", "results": {}}], ttl=5, final=True)
+    done = await store.run_info("tok")
+    assert done is not None
+    await takeover.check("tok", info)  # a stale view of the run: it is done now
+    await takeover.check("tok", done)
+    assert spy.calls == []
+    assert await store.lease_owner(lease_name("tok")) is None
