@@ -8,18 +8,12 @@ fake SCALE server on loopback. The owner of a run is killed with SIGKILL.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ikproxy.ownership import (
-    OwnerLease,
-    lease_name,
-    upstream_uuid,
-)
+from ikproxy.ownership import LOST, OwnerLease, Takeover, lease_name, upstream_uuid
 from ikproxy.stores import MemoryStore
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- the lease ------------------------------------------------------------------------------
