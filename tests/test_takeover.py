@@ -15,7 +15,6 @@ import pytest
 from ikproxy.ownership import LOST, OwnerLease, Takeover, lease_name, upstream_uuid
 from ikproxy.stores import MemoryStore
 
-
 # -- the lease ------------------------------------------------------------------------------
 
 
