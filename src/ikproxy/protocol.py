@@ -41,6 +41,7 @@ ERROR_MESSAGES: Final[dict[str, str]] = {
     "unauthorized": "The deployment refused the server's credentials.",
     "internal": "An internal error occurred.",
     "invalid_parameter": "The deployment refused the request's parameters.",
+    "run_lost": "The run was lost with the server that was running it.",
 }
 
 #: The HTTP status for an error that happens before the stream starts.
@@ -51,6 +52,7 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "unauthorized": 502,
     "internal": 500,
     "invalid_parameter": 400,
+    "run_lost": 502,
 }
 
 
