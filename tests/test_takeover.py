@@ -8,12 +8,35 @@ fake SCALE server on loopback. The owner of a run is killed with SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx
 import pytest
 
-from ikproxy.ownership import LOST, OwnerLease, Takeover, lease_name, upstream_uuid
-from ikproxy.stores import MemoryStore
+from ikproxy.codecs.sse import ServerSentEvent, SSEDecoder
+from ikproxy.ownership import (
+    LOST,
+    TAKEOVER_BOUND,
+    OwnerLease,
+    Takeover,
+    lease_name,
+    upstream_uuid,
+)
+from ikproxy.runs import parse_position
+from ikproxy.stores import MemoryStore, RedisStore
+
+from ._support import free_port, running_server
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # -- the lease ------------------------------------------------------------------------------
 
@@ -175,3 +198,133 @@ async def test_nothing_is_taken_while_the_owner_lives_or_once_the_run_is_done() 
     await takeover.check("tok", done)
     assert spy.calls == []
     assert await store.lease_owner(lease_name("tok")) is None
+
+
+# -- real processes: the owner of a run is killed ---------------------------------------------
+
+
+@contextmanager
+def _instance(redis_url: str, prefix: str, scale_url: str | None) -> Iterator[tuple[Any, str]]:
+    """One uvicorn process serving tests/_takeover_app.py; yields (process, base URL)."""
+    port = free_port()
+    env = {
+        "PYTHONPATH": str(ROOT),
+        "IKPROXY_TEST_REDIS": redis_url,
+        "IKPROXY_TEST_PREFIX": prefix,
+        "IKPROXY_TEST_SCALE": scale_url,
+    }
+    args = ["-m", "uvicorn", "tests._takeover_app:app", "--host", "127.0.0.1"]
+    args += ["--port", str(port), "--no-access-log", "--lifespan", "off"]
+    with running_server(args, ready="Uvicorn running on", env=env) as proc:
+        yield proc, f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def _fake_scale() -> Iterator[str]:
+    """The fake SCALE server in a process of its own: runs done after 12 polls 100 ms apart."""
+    port = free_port()
+    args = ["-m", "ikproxy.testing", "--port", str(port), "--polls", "12", "--next-poll-in", "100"]
+    with running_server(args, ready="Fake Ikomia SCALE server running"):
+        yield f"http://127.0.0.1:{port}"
+
+
+def _stored(redis_url: str, prefix: str, last_id: str) -> None:
+    """Wait until the store holds the events up to `last_id` (the owner writes them behind)."""
+    token, count = parse_position(last_id) or ("", 0)
+
+    async def wait() -> None:
+        store = RedisStore(redis_url, prefix=prefix)
+        try:
+            with anyio.fail_after(10):
+                while True:
+                    info = await store.run_info(token)
+                    if info is not None and info.count >= count:
+                        return
+                    await store.read_events(token, count - 1, timeout=0.2)
+        finally:
+            await store.aclose()
+
+    anyio.run(wait)
+
+
+def _kill(proc: Any) -> float:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    return time.monotonic()
+
+
+def _read_until(response: httpx.Response, count: int) -> list[ServerSentEvent]:
+    decoder = SSEDecoder()
+    events: list[ServerSentEvent] = []
+    chunks = response.iter_bytes()
+    while len(events) < count:
+        events += decoder.feed(next(chunks))
+    return events
+
+
+def _resume(base: str, last_id: str) -> Iterator[tuple[float, ServerSentEvent]]:
+    """The events of a resumed stream, each with the time it arrived."""
+    decoder = SSEDecoder()
+    with httpx.stream(
+        "GET", f"{base}/api/run", headers={"Last-Event-ID": last_id}, timeout=30.0
+    ) as response:
+        assert response.status_code == 200
+        for chunk in response.iter_bytes():
+            for event in decoder.feed(chunk):
+                yield time.monotonic(), event
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{secrets.token_hex(4)}"
+
+
+def test_a_scale_run_whose_owner_was_killed_completes_through_another_instance(
+    redis_url: str, prefix: str
+) -> None:
+    with (
+        _fake_scale() as scale,
+        _instance(redis_url, prefix, scale) as (a, a_url),
+        _instance(redis_url, prefix, scale) as (_, b_url),
+    ):
+        with httpx.stream("GET", f"{a_url}/api/run", params={"prompt": "x"}) as response:
+            assert response.status_code == 200
+            seen = _read_until(response, 2)
+            _stored(redis_url, prefix, seen[-1].id or "")
+            killed = _kill(a)
+        token, count = parse_position(seen[-1].id or "") or ("", 0)
+        first = json.loads(seen[0].data)
+        rest = list(_resume(b_url, seen[-1].id or ""))
+    events = [event for _, event in rest]
+    assert events[-1].event == "result", [e.data for e in events]
+    assert all(e.event == "progress" for e in events[:-1])
+    numbers = [parse_position(e.id or "") for e in events]
+    assert numbers == [(token, n) for n in range(count + 1, count + 1 + len(events))]
+    final = json.loads(events[-1].data)
+    assert final["uuid"] == first["uuid"]  # the same upstream run, attached to
+    assert final["run_id"] == first["run_id"]
+    assert final["results"]["outputs"][0]["image"]
+    assert rest[0][0] - killed < TAKEOVER_BOUND + 2.0
+
+
+def test_a_local_run_whose_owner_was_killed_ends_run_lost_for_its_follower(
+    redis_url: str, prefix: str
+) -> None:
+    with (
+        _instance(redis_url, prefix, None) as (a, a_url),
+        _instance(redis_url, prefix, None) as (_, b_url),
+    ):
+        with httpx.stream("GET", f"{a_url}/api/run", params={"prompt": "x"}) as response:
+            assert response.status_code == 200
+            seen = _read_until(response, 2)
+            _stored(redis_url, prefix, seen[-1].id or "")
+            killed = _kill(a)
+        rest = list(_resume(b_url, seen[-1].id or ""))
+    (arrived, event), *_ = [(t, e) for t, e in rest if e.event == "error"]
+    assert [e.event for _, e in rest] == ["error"]
+    body = json.loads(event.data)
+    assert body["code"] == "run_lost"
+    assert body["message"] == "The run was lost with the server that was running it."
+    token, count = parse_position(seen[-1].id or "") or ("", 0)
+    assert parse_position(event.id or "") == (token, count + 1)
+    assert arrived - killed < TAKEOVER_BOUND + 2.0
