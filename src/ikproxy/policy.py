@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, Union
 
+from .stores import Store
+
 __all__ = [
     "AccessDenied",
     "Authorize",
@@ -21,6 +23,7 @@ __all__ = [
     "Param",
     "Policy",
     "RateLimiter",
+    "SharedTokenBucket",
     "TokenBucket",
 ]
 
@@ -193,6 +196,24 @@ class TokenBucket(RateLimiter):
         return wait
 
 
+class SharedTokenBucket(RateLimiter):
+    """A `TokenBucket`'s `rate` and `burst` held in a shared store, for every process at once.
+
+    The proxy uses it in place of a `TokenBucket` when its store is shared
+    (`RedisStore`): each take is one atomic step in the store.
+    """
+
+    def __init__(self, store: Store, rate: float = 1.0, burst: int = 10) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("TokenBucket needs rate > 0 and burst >= 1")
+        self.store = store
+        self.rate = rate
+        self.burst = burst
+
+    async def acquire(self, key: str) -> float | None:
+        return await self.store.acquire_token(key, rate=self.rate, burst=self.burst)
+
+
 @dataclass
 class Policy:
     """Everything the proxy enforces before a run starts, for every surface alike.
@@ -209,6 +230,11 @@ class Policy:
     * `resume_window`: make runs resumable (see `ikproxy.runs`): a run goes on without
       its client for this many seconds, and a reconnecting client resumes it from its
       `Last-Event-ID`.
+    * `store`: where runs, rate limits and active-run caps live (`ikproxy.stores`):
+      None keeps them in this process; a `RedisStore` shares them across processes
+      and machines, so that a run resumes on any instance and limits hold on all.
+    * `max_active_runs`: at most this many runs of one client (the rate-limit key)
+      at once, on every instance sharing the store; the next gets 429 `too_many_runs`.
     * `resume_secret`: with `resume_window`, and a deployment that can attach to a
       run (SCALE), event ids carry a sealed reference to the upstream run (see
       `ikproxy.sealed`), so any instance sharing the secret resumes the run: bytes
@@ -228,6 +254,8 @@ class Policy:
     retry_ms: int | None = 3000
     finish_on_disconnect: bool = False
     resume_window: float | None = None
+    store: Store | None = None
+    max_active_runs: int | None = None
     resume_secret: bytes | str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -247,6 +275,8 @@ class Policy:
             raise ValueError("keepalive must be a positive number of seconds")
         if self.resume_window is not None and self.resume_window <= 0:
             raise ValueError("resume_window must be a positive number of seconds")
+        if self.max_active_runs is not None and self.max_active_runs < 1:
+            raise ValueError("max_active_runs must be at least 1")
         if self.resume_secret is not None and self.resume_window is None:
             raise ValueError("resume_secret needs resume_window (how long a run stays resumable)")
         if self.max_upload_bytes < 0 or self.max_inputs < 0:

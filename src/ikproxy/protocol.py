@@ -41,6 +41,8 @@ ERROR_MESSAGES: Final[dict[str, str]] = {
     "unauthorized": "The deployment refused the server's credentials.",
     "internal": "An internal error occurred.",
     "invalid_parameter": "The deployment refused the request's parameters.",
+    "store_unavailable": "The shared store could not be reached; try again shortly.",
+    "too_many_runs": "Too many runs at once for this client; retry when one ends.",
     "run_lost": "The run was lost with the server that was running it.",
 }
 
@@ -52,6 +54,8 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "unauthorized": 502,
     "internal": 500,
     "invalid_parameter": 400,
+    "store_unavailable": 503,
+    "too_many_runs": 429,
     "run_lost": 502,
 }
 

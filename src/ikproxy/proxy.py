@@ -8,11 +8,13 @@ the run before the status is committed.
 
 Order of checks for `/run`: method (405), authorize (401/403), rate limit
 (429), body size (413), content type (415), parameters and inputs (400/415),
-then the run is submitted (its refusal gives 400/502/504); only then 200.
+the active-run cap (429), then the run is submitted (its refusal gives
+400/502/504); only then 200. A shared store that cannot be reached gives 503.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -25,6 +27,7 @@ from typing import Any, Final, Generic, TypeVar, cast
 from urllib.parse import parse_qsl
 
 from .__about__ import __version__
+from .caps import ActiveRuns
 from .deployments import Deployment, SupportsAttach
 from .errors import RunNotFound
 from .model import Progress
@@ -36,14 +39,14 @@ from .parsing import (
     read_body,
     read_body_sync,
 )
-from .policy import HTTPError, Policy, RateLimiter
+from .policy import HTTPError, Policy, RateLimiter, SharedTokenBucket, TokenBucket
 from .protocol import (
     ERROR_MESSAGES,
     HTTP_STATUS,
     PROTOCOL_VERSION,
     error_body,
 )
-from .runs import RunRegistry, SharedRun, parse_position
+from .runs import Followable, RunRegistry, parse_position
 from .sealed import SEALED_PREFIX, ExpiredReference, InvalidReference, Sealer
 from .server import (
     RunStream,
@@ -56,6 +59,7 @@ from .server import (
     stream_headers,
     to_readable_stream,
 )
+from .stores import MemoryStore, Store, StoreUnavailable
 
 __all__ = [
     "METHODS",
@@ -141,14 +145,24 @@ class Proxy:
             raise TypeError("pass either a Policy or policy keyword arguments, not both")
         self.deployment = deployment
         self.policy = policy or Policy(**options)
+        #: Where runs, rate limits and active-run slots live (`ikproxy.stores`).
+        self.store: Store = self.policy.store if self.policy.store is not None else MemoryStore()
+        self._limiter = _limiter_for(self.policy.rate_limit, self.store)
         window = self.policy.resume_window
         #: The resumable runs, when `resume_window` is set.
-        self.runs: RunRegistry | None = RunRegistry(window) if window else None
+        self.runs: RunRegistry | None = RunRegistry(window, store=self.store) if window else None
+        cap = self.policy.max_active_runs
+        #: The active-run cap, when `max_active_runs` is set.
+        self.active_runs: ActiveRuns | None = ActiveRuns(self.store, cap) if cap else None
         secret = self.policy.resume_secret
         sealer = Sealer(secret) if secret is not None else None
         #: Seals upstream run references into event ids: with `resume_secret`, when the
-        #: deployment can attach to a run.
-        self.sealer = sealer if isinstance(deployment, SupportsAttach) else None
+        #: deployment can attach to a run and no shared store keeps runs (it replays more).
+        self.sealer = (
+            sealer
+            if isinstance(deployment, SupportsAttach) and not self.store.shared
+            else None
+        )
 
     # -- entry points -------------------------------------------------------
 
@@ -162,15 +176,19 @@ class Proxy:
             if route is not None:
                 return route
             await _resolve(self._admit(request))
-            caller = _as_key(await _value(self._caller(request)))
-            resumed = self._resume(request, request_id, caller)
-            if resumed is not None:
-                return await _value(resumed)
+            position = self._resume_position(request)
+            if position is not None:
+                return await self._resume(*position, request_id, self._caller_key(request))
             raw = await read_body(request, body, self.policy.max_upload_bytes)
             spec = parse_run_request(request, raw, self.policy, request_id)
-            return await self._start(spec, caller)
+            key = self._caller_key(request)
+            if inspect.isawaitable(key):
+                key = await key
+            return await self._start(spec, key)
         except HTTPError as exc:
             return error_response(exc, request_id)
+        except StoreUnavailable as exc:
+            return error_response(_store_unavailable(exc), request_id)
 
     def handle_sync(
         self, request: ProxyRequest, body: Iterable[bytes] | None = None
@@ -188,16 +206,19 @@ class Proxy:
             pending = self._admit(request)
             if inspect.isawaitable(pending):
                 blocking_portal().call(_resolve, pending)
-            caller = _as_key(_value_sync(self._caller(request)))
-            resumed = self._resume(request, request_id, caller)
-            if resumed is not None:
-                response = _value_sync(resumed)
+            position = self._resume_position(request)
+            if position is not None:
+                key = self._caller_key(request)
+                response = blocking_portal().call(self._resume, *position, request_id, key)
             else:
                 raw = read_body_sync(request, body, self.policy.max_upload_bytes)
                 spec = parse_run_request(request, raw, self.policy, request_id)
-                response = blocking_portal().call(self._start, spec, caller)
+                key = self._caller_key(request)
+                response = blocking_portal().call(self._start_with_key, spec, key)
         except HTTPError as exc:
             response = error_response(exc, request_id)
+        except StoreUnavailable as exc:
+            response = error_response(_store_unavailable(exc), request_id)
         if isinstance(response.body, bytes):
             return SyncProxyResponse(response.status, response.headers, response.body)
         return SyncProxyResponse(
@@ -267,7 +288,7 @@ class Proxy:
 
     def _rate_limit(self, request: ProxyRequest) -> Awaitable[None] | None:
         """Take a token for the caller's key; sync hooks and limiters run right here."""
-        limiter = self.policy.rate_limit
+        limiter = self._limiter
         if limiter is None:
             return None
         key_fn = self.policy.rate_limit_key
@@ -280,13 +301,6 @@ class Proxy:
         _check_wait(wait)
         return None
 
-    def _caller(self, request: ProxyRequest) -> Any:
-        """The key sealed references are bound to: the rate limit's key (None: nothing sealed)."""
-        if self.sealer is None:
-            return None
-        key_fn = self.policy.rate_limit_key
-        return key_fn(request.native) if key_fn else (request.client or "anonymous")
-
     @staticmethod
     async def _rate_limit_after(
         limiter: RateLimiter, key: Awaitable[Any] | None = None, wait: Any = None
@@ -297,25 +311,66 @@ class Proxy:
             wait = await wait
         _check_wait(wait)
 
+    def _caller_key(self, request: ProxyRequest) -> Any:
+        """The caller's key (maybe awaitable) for the active-run cap and sealed references.
+
+        The rate limit's key; None when there is neither a cap nor a sealer.
+        """
+        if self.active_runs is None and self.sealer is None:
+            return None
+        key_fn = self.policy.rate_limit_key
+        return key_fn(request.native) if key_fn else (request.client or "anonymous")
+
     # -- running ------------------------------------------------------------------
 
-    async def _start(self, spec: RunSpec, caller: str | None = None) -> ProxyResponse:
-        """Submit the run and wait for its first progress, so a refusal is a real HTTP error."""
+    async def _start_with_key(self, spec: RunSpec, key: Any) -> ProxyResponse:
+        if inspect.isawaitable(key):
+            key = await key
+        return await self._start(spec, key)
+
+    async def _start(self, spec: RunSpec, key: Any = None) -> ProxyResponse:
+        """Submit the run and wait for its first progress, so a refusal is a real HTTP error.
+
+        The active-run slot and the store's run log are taken first, so that a
+        refusal of either leaves no run behind.
+        """
         policy = self.policy
+        slot = await self.active_runs.acquire(str(key)) if self.active_runs is not None else None
+        try:
+            log = (
+                await self.runs.create(request_id=spec.request_id)
+                if self.runs is not None
+                else None
+            )
+        except BaseException:
+            if slot is not None and self.active_runs is not None:
+                await self.active_runs.release(slot)
+            raise
         stream = self.deployment.run_stream(
             *spec.inputs, parameters=spec.parameters, task=policy.task, timeout=policy.timeout
         )
-        first = await _first(stream, spec.request_id)
+        if slot is not None and self.active_runs is not None:
+            stream = self.active_runs.hold(slot, stream)
+        try:
+            first = await _first(stream, spec.request_id)
+        except HTTPError:
+            if log is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    await log.delete()
+            raise
         headers = stream_headers(spec.format, spec.request_id)
-        if caller is not None and first is not None and first.uuid:
+        if self.sealer is not None and key is not None and first is not None and first.uuid:
             # The upstream keeps the run: its event ids carry a sealed reference to it.
             body = self._sealed(
-                _prepend(first, stream), first.uuid, caller, spec.format, spec.request_id, 0
+                _prepend(first, stream), first.uuid, str(key), spec.format, spec.request_id, 0
             )
             return ProxyResponse(200, headers, body)
         if self.runs is not None:
             run = self.runs.start(
-                _prepend(first, stream), request_id=spec.request_id, timeout=policy.timeout
+                _prepend(first, stream),
+                request_id=spec.request_id,
+                timeout=policy.timeout,
+                log=log,
             )
             body = self._follow(run, spec.format, spec.request_id, after=0)
             return ProxyResponse(200, headers, body)
@@ -333,7 +388,7 @@ class Proxy:
     # -- resumable runs -----------------------------------------------------------
 
     def _follow(
-        self, run: SharedRun, format: StreamFormat, request_id: str, after: int
+        self, run: Followable, format: StreamFormat, request_id: str, after: int
     ) -> RunStream:
         return RunStream(
             run.follow(after),
@@ -345,10 +400,8 @@ class Proxy:
             id_prefix=f"{run.token}:",
         )
 
-    def _resume(
-        self, request: ProxyRequest, request_id: str, caller: str | None = None
-    ) -> ProxyResponse | Awaitable[ProxyResponse] | None:
-        """The stream of a run resumed from its `Last-Event-ID`, or None for a new run."""
+    def _resume_position(self, request: ProxyRequest) -> tuple[str, int, StreamFormat] | None:
+        """(token, events seen, format) of a resume request; None for a new run."""
         if self.runs is None or request.path.strip("/") != "run":
             return None
         query = dict(parse_qsl(str(request.query_string), keep_blank_values=True))
@@ -358,16 +411,23 @@ class Proxy:
         position = parse_position(last_event_id)
         if position is None:
             raise HTTPError(400, "invalid_parameter", "Last-Event-ID is not a resume position")
-        token, seen = position
         format = negotiate_format(query.get("format"), request.header("accept"))
-        if caller is not None and token.startswith(SEALED_PREFIX):
+        return position[0], position[1], format
+
+    async def _resume(
+        self, token: str, seen: int, format: StreamFormat, request_id: str, key: Any = None
+    ) -> ProxyResponse:
+        """The stream of a run resumed after its first `seen` events, on any instance."""
+        assert self.runs is not None
+        if self.sealer is not None and token.startswith(SEALED_PREFIX):
+            if inspect.isawaitable(key):
+                key = await key
             reference = token[len(SEALED_PREFIX) :]
-            return self._resume_sealed(reference, seen, caller, format, request_id)
-        run = self.runs.get(token)
+            return await self._resume_sealed(reference, seen, str(key), format, request_id)
+        run = await self.runs.find(token)
         if run is None:
             raise _gone()
-        after = min(seen, len(run.items))
-        body = self._follow(run, format, request_id, after)
+        body = self._follow(run, format, request_id, run.resume_point(seen))
         return ProxyResponse(200, stream_headers(format, request_id), body)
 
     # -- sealed references: resuming by attaching to the upstream run --------------
@@ -424,6 +484,17 @@ class Proxy:
 # -- helpers ---------------------------------------------------------------------
 
 
+@functools.cache
+def _asset(name: str) -> bytes:
+    """A file of the package's `static/` folder, read once per process."""
+    return resources.files("ikproxy").joinpath("static").joinpath(name).read_bytes()
+
+
+async def _resolve(value: Awaitable[None] | None) -> None:
+    if value is not None:
+        await value
+
+
 def _gone() -> HTTPError:
     return HTTPError(410, "resume_expired", "the run to resume is unknown or has expired")
 
@@ -447,33 +518,17 @@ async def _first(stream: AsyncIterator[Progress], request_id: str) -> Progress |
         raise HTTPError(HTTP_STATUS[code], code, ERROR_MESSAGES[code]) from None
 
 
-async def _value(value: T | Awaitable[T]) -> T:
-    if inspect.isawaitable(value):
-        return await value
-    return value
+def _limiter_for(limiter: RateLimiter | None, store: Store) -> RateLimiter | None:
+    """The policy's limiter; a `TokenBucket`'s limits held in the store when it is shared."""
+    if store.shared and isinstance(limiter, TokenBucket):
+        return SharedTokenBucket(store, limiter.rate, limiter.burst)
+    return limiter
 
 
-def _value_sync(value: T | Awaitable[T]) -> T:
-    """`_value` for sync code: an awaitable is awaited in the portal's loop."""
-    if inspect.isawaitable(value):
-        result: T = blocking_portal().call(_value, value)
-        return result
-    return value
-
-
-def _as_key(key: Any) -> str | None:
-    return None if key is None else str(key)
-
-
-@functools.cache
-def _asset(name: str) -> bytes:
-    """A file of the package's `static/` folder, read once per process."""
-    return resources.files("ikproxy").joinpath("static").joinpath(name).read_bytes()
-
-
-async def _resolve(value: Awaitable[None] | None) -> None:
-    if value is not None:
-        await value
+def _store_unavailable(exc: StoreUnavailable) -> HTTPError:
+    logger.error("store unavailable: %s", exc)
+    code = "store_unavailable"
+    return HTTPError(HTTP_STATUS[code], code, ERROR_MESSAGES[code], headers={"Retry-After": "1"})
 
 
 def _check_wait(wait: float | None) -> None:

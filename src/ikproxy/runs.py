@@ -6,27 +6,41 @@ random. A client that lost its connection sends the last id it saw as
 `Last-Event-ID` (a browser's `EventSource` does so by itself) and gets the
 events after it, then the live ones. A run with no client for `resume_window`
 seconds is stopped; a finished run is forgotten `resume_window` seconds after
-its end. Runs live in the memory of one process: with several workers, resume
-needs sticky sessions.
+its end.
+
+The producer (`SharedRun`) lives on the instance that started the run and
+keeps its events in memory for the followers there. With a shared store
+(`ikproxy.stores.RedisStore`) it also writes them to the store through a
+`RunLog`, so that a follower on any instance reads them (`StoredRun`); each
+follower renews a "followed" mark in the store, so that a run followed from
+another instance is not stopped as abandoned. Without one, runs live in the
+memory of one process and resume needs that process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
-from collections.abc import AsyncIterator
-from typing import Any
+import socket
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
 
 import anyio
 
 from .errors import IkproxyError, UpstreamError, WorkflowFailed
 from .model import Progress, State
 from .server import StreamItem, aclose, deadline, error_code
+from .stores import MemoryStore, RunInfo, Store, StoreUnavailable
 
-__all__ = ["RunRegistry", "SharedRun"]
+__all__ = ["RunLog", "RunRegistry", "SharedRun", "StoredRun", "parse_position"]
 
 logger = logging.getLogger("ikproxy")
+
+#: The longest a follower waits on the store before it checks on the run again.
+_POLL = 5.0
 
 
 class _Failed(IkproxyError):
@@ -37,6 +51,74 @@ class _Failed(IkproxyError):
     def __init__(self, code: str) -> None:
         super().__init__(code)
         self.code = code
+
+
+class _TooManyEvents(IkproxyError):
+    """A run sent more events than a log keeps."""
+
+
+class Followable(Protocol):
+    """A run a client can follow: its token, its event count, and its events after `after`."""
+
+    token: str
+
+    @property
+    def count(self) -> int: ...
+
+    def resume_point(self, seen: int) -> int:
+        """Where a client that saw `seen` events resumes (never past the run's end)."""
+        ...
+
+    def follow(self, after: int = 0) -> AsyncIterator[dict[str, Any]]: ...
+
+
+def is_terminal(event: Mapping[str, Any]) -> bool:
+    """Whether a logged event ends its run: a result, or an error (`{"error": code}`)."""
+    return event.get("results") is not None or "error" in event
+
+
+class RunLog:
+    """The store side of one run: its events written in order, what a store lost re-sent.
+
+    Events are wire objects; a failure is logged as `{"error": code}`. One
+    `sync` is one round trip, unless the store lost events (a restart) and
+    they are written again.
+    """
+
+    def __init__(self, store: Store, token: str, meta: Mapping[str, Any], ttl: float) -> None:
+        self.store = store
+        self.token = token
+        self.meta = dict(meta)
+        self.ttl = ttl
+        #: How many events the store is known to hold.
+        self.written = 0
+
+    async def create(self) -> None:
+        await self.store.create_run(self.token, self.meta, ttl=self.ttl)
+        self.written = 0
+
+    async def sync(self, events: list[dict[str, Any]], *, final: bool) -> None:
+        """Write `events[written:]`; `final`: the last one ends the run."""
+        for _ in range(3):
+            pending = events[self.written :]
+            if not pending:
+                return
+            count = await self.store.append_events(
+                self.token, self.written + 1, pending, ttl=self.ttl, final=final
+            )
+            if count == -1:
+                await self.create()
+                continue
+            self.written = count
+            if count >= len(events):
+                return
+        raise StoreUnavailable("the store kept refusing the run's events")
+
+    async def heartbeat(self) -> None:
+        await self.store.expire_run(self.token, ttl=self.ttl)
+
+    async def delete(self) -> None:
+        await self.store.delete_run(self.token)
 
 
 class SharedRun:
@@ -50,6 +132,7 @@ class SharedRun:
         *,
         request_id: str,
         timeout: float | None,
+        log: RunLog | None = None,
     ) -> None:
         self.token = token
         self.request_id = request_id
@@ -58,9 +141,19 @@ class SharedRun:
         self.done = False
         self.followers = 0
         self._registry = registry
+        self._log = log
         self._changed = asyncio.Event()
         self._expiry: asyncio.TimerHandle | None = None
-        self._task = asyncio.get_running_loop().create_task(self._produce(stream, timeout))
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._produce(stream, timeout))
+        self._writer = loop.create_task(self._write()) if log is not None else None
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    def resume_point(self, seen: int) -> int:
+        return min(seen, len(self.items))
 
     async def _produce(self, stream: AsyncIterator[StreamItem], timeout: float | None) -> None:
         try:
@@ -69,6 +162,8 @@ class SharedRun:
                     obj = item.to_json() if isinstance(item, Progress) else dict(item)
                     if obj.get("state") == State.FAILURE:
                         raise WorkflowFailed("the upstream reported a FAILURE state")
+                    if len(self.items) >= self._registry.max_events:
+                        raise _TooManyEvents(f"more than {self._registry.max_events} events")
                     self.items.append(obj)
                     self._notify()
                     if obj.get("results") is not None:
@@ -86,15 +181,50 @@ class SharedRun:
             self._notify()
             self._expire_later()
 
+    async def _write(self) -> None:
+        """Copy the events to the store as they come; retry while it is unreachable."""
+        assert self._log is not None
+        log, backoff, beat = self._log, 0.05, self._registry.window / 3
+        while True:
+            changed = self._changed
+            events = self.items
+            if self.done and self.failure is not None:
+                events = [*self.items, {"error": self.failure.code}]
+            final = self.done and bool(events) and is_terminal(events[-1])
+            if self.done and not final:
+                # Stopped (abandoned or evicted): nobody may resume it anywhere.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    try:
+                        await log.delete()
+                    except StoreUnavailable:
+                        pass
+                return
+            try:
+                if log.written < len(events):
+                    await log.sync(events, final=final)
+                    backoff = 0.05
+                    continue
+                if final:
+                    return
+                with anyio.move_on_after(beat) as waited:
+                    await changed.wait()
+                if waited.cancelled_caught:
+                    await log.heartbeat()
+            except StoreUnavailable as exc:
+                logger.warning("run log write failed, retrying [token=%s]: %s", self.token, exc)
+                with anyio.move_on_after(backoff):
+                    await changed.wait()
+                backoff = min(backoff * 2, 1.0)
+
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    def _expire_later(self) -> None:
+    def _expire_later(self, delay: float | None = None) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
         loop = asyncio.get_running_loop()
-        self._expiry = loop.call_later(self._registry.window, self._expire)
+        self._expiry = loop.call_later(delay or self._registry.window, self._expire)
 
     def _expire(self) -> None:
         """Forget the run; stop it first if it is still going (nobody followed it in time)."""
@@ -102,7 +232,30 @@ class SharedRun:
         if not self.done:
             if self.followers:
                 return
+            if self._log is not None:
+                asyncio.get_running_loop().create_task(self._expire_unless_followed())
+                return
             self._task.cancel()
+        self._forget()
+
+    async def _expire_unless_followed(self) -> None:
+        """Stop the run unless a follower on another instance read it within the window."""
+        assert self._log is not None
+        try:
+            info = await self._log.store.run_info(self.token)
+        except StoreUnavailable:
+            info = None  # nobody can follow it from elsewhere now
+        if self.done or self.followers:
+            return
+        if info is not None and info.followed:
+            self._expire_later()
+            return
+        self._task.cancel()
+        self._forget()
+
+    def _forget(self) -> None:
+        if self._writer is not None and self.done:
+            self._writer.cancel()
         self._registry.forget(self.token)
 
     async def follow(self, after: int = 0) -> AsyncIterator[dict[str, Any]]:
@@ -131,34 +284,157 @@ class SharedRun:
         self._task.cancel()
 
 
-class RunRegistry:
-    """The resumable runs of one proxy, by token; bounded in number."""
+class StoredRun:
+    """A run produced on another instance, followed through the store."""
 
-    def __init__(self, window: float, max_runs: int = 10_000) -> None:
+    def __init__(self, store: Store, token: str, info: RunInfo, window: float) -> None:
+        self.store = store
+        self.token = token
+        self.window = window
+        self.info = info
+
+    @property
+    def count(self) -> int:
+        return self.info.count
+
+    def resume_point(self, seen: int) -> int:
+        # While the run goes on, its producer may have sent a client events the
+        # store has not got yet: those come, so the client's count stands.
+        return min(seen, self.info.count) if self.info.done else seen
+
+    async def follow(self, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """The events after `after` from the store, then the live ones, in order.
+
+        While the store is unreachable the follower waits (its client gets
+        keepalives) and reads on where it was; after `window` seconds without
+        the store, or without the run in it, it ends with `store_unavailable`.
+        """
+        store, window = self.store, self.window
+        trouble_since: float | None = None
+        backoff = 0.05
+        # The "followed" mark is renewed by a task of its own, so that a client
+        # slow to read does not let the run be stopped as abandoned.
+        keeper = asyncio.get_running_loop().create_task(self._keep_followed())
+        try:
+            while True:
+                now = time.monotonic()
+                try:
+                    events = await store.read_events(self.token, after, timeout=_POLL)
+                    if not events:
+                        info = await store.run_info(self.token)
+                        if info is None:
+                            raise StoreUnavailable("the run is no longer in the store")
+                        if info.done and after >= info.count:
+                            return
+                except StoreUnavailable as exc:
+                    trouble_since = trouble_since or now
+                    if now - trouble_since > window:
+                        logger.error("lost a followed run [token=%s]: %s", self.token, exc)
+                        raise _Failed("store_unavailable") from None
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+                    continue
+                trouble_since, backoff = None, 0.05
+                for number, event in events:
+                    if number != after + 1:
+                        continue
+                    after = number
+                    if "error" in event:
+                        raise _Failed(str(event["error"]))
+                    yield event
+                    if event.get("results") is not None:
+                        return
+        finally:
+            keeper.cancel()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                try:
+                    await store.touch_run(self.token, ttl=window)
+                except StoreUnavailable:
+                    pass
+
+    async def _keep_followed(self) -> None:
+        """Mark the run followed now and every third of the window, while the follower reads."""
+        while True:
+            try:
+                await self.store.touch_run(self.token, ttl=self.window)
+            except StoreUnavailable as exc:
+                logger.warning("could not mark a run followed [token=%s]: %s", self.token, exc)
+            await anyio.sleep(min(self.window / 3, _POLL))
+
+
+class RunRegistry:
+    """The resumable runs of one proxy, by token; bounded in number and in events per run.
+
+    Runs started here are kept in memory; with a shared `store`, their events
+    are also written to it and runs started elsewhere are followed from it.
+    """
+
+    def __init__(
+        self,
+        window: float,
+        max_runs: int = 10_000,
+        *,
+        store: Store | None = None,
+        max_events: int = 10_000,
+    ) -> None:
         if window <= 0:
             raise ValueError("resume_window must be a positive number of seconds")
         self.window = window
         self.max_runs = max_runs
+        self.max_events = max_events
+        self.store: Store = store if store is not None else MemoryStore()
+        #: Who produces runs here, as recorded in the store's metadata.
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._runs: dict[str, SharedRun] = {}
 
     def __len__(self) -> int:
         return len(self._runs)
 
+    async def create(self, *, request_id: str) -> RunLog | None:
+        """A new run's token and store log, created before the run is submitted.
+
+        None without a shared store (the token is made by `start`). Raises
+        `StoreUnavailable` when the store cannot take it.
+        """
+        if not self.store.shared:
+            return None
+        token = secrets.token_urlsafe(18)
+        meta = {"request_id": request_id, "instance": self.instance}
+        log = RunLog(self.store, token, meta, self.window)
+        await log.create()
+        return log
+
     def start(
-        self, stream: AsyncIterator[StreamItem], *, request_id: str, timeout: float | None
+        self,
+        stream: AsyncIterator[StreamItem],
+        *,
+        request_id: str,
+        timeout: float | None,
+        log: RunLog | None = None,
     ) -> SharedRun:
         """Read `stream` in a task of its own and keep its events under a new token."""
         while len(self._runs) >= self.max_runs:
             # Memory stays bounded: the oldest run is stopped and forgotten.
             oldest = next(iter(self._runs))
             self._runs.pop(oldest).cancel()
-        token = secrets.token_urlsafe(18)
-        run = SharedRun(self, token, stream, request_id=request_id, timeout=timeout)
+        token = log.token if log is not None else secrets.token_urlsafe(18)
+        run = SharedRun(self, token, stream, request_id=request_id, timeout=timeout, log=log)
         self._runs[token] = run
         return run
 
     def get(self, token: str) -> SharedRun | None:
+        """A run started by this instance."""
         return self._runs.get(token)
+
+    async def find(self, token: str) -> Followable | None:
+        """A run started here or, with a shared store, anywhere; None if unknown or expired."""
+        run = self._runs.get(token)
+        if run is not None or not self.store.shared:
+            return run
+        info = await self.store.run_info(token)
+        if info is None:
+            return None
+        return StoredRun(self.store, token, info, self.window)
 
     def forget(self, token: str) -> None:
         self._runs.pop(token, None)

@@ -149,6 +149,7 @@ class RedisStore:
             "socket_connect_timeout": timeout,
             "retry": Retry(NoBackoff(), 1),
             "max_connections": max_connections,
+            "protocol": 2,
         }
         self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout, **common)
         # Blocking reads hold their connection for up to _MAX_BLOCK: a pool of their own.
