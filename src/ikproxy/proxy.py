@@ -159,9 +159,7 @@ class Proxy:
         #: Seals upstream run references into event ids: with `resume_secret`, when the
         #: deployment can attach to a run and no shared store keeps runs (it replays more).
         self.sealer = (
-            sealer
-            if isinstance(deployment, SupportsAttach) and not self.store.shared
-            else None
+            sealer if isinstance(deployment, SupportsAttach) and not self.store.shared else None
         )
 
     # -- entry points -------------------------------------------------------
