@@ -141,9 +141,9 @@ class OwnerLease:
 #: `attach(uuid)`: the upstream run's progress from now on (a `SupportsAttach` deployment).
 Attach = Callable[[str], AsyncIterator[Progress]]
 
-#: `adopt(token, logged, stream, lease, info)`: produce the run here from `stream` on,
-#: after the `logged` events, holding `lease`.
-Adopt = Callable[[str, list[dict[str, Any]], AsyncIterator[Progress], OwnerLease, RunInfo], object]
+#: `adopt(token, logged, stream, info)`: produce the run here from `stream` on, after its
+#: `logged` events, as the owner of its lease (taken by this instance's name).
+Adopt = Callable[[str, list[dict[str, Any]], AsyncIterator[Progress], RunInfo], object]
 
 
 class Takeover:
@@ -185,7 +185,7 @@ class Takeover:
             uuid = upstream_uuid(events)
             if self.attach is not None and uuid is not None:
                 logger.warning("taking over a run whose owner is gone [token=%s]", token)
-                self.adopt(token, events, self.attach(uuid), lease, current)
+                self.adopt(token, events, self.attach(uuid), current)
                 return
             logger.error("a run was lost with its owner [token=%s]", token)
             await self._end_lost(token, current)

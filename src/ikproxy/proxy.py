@@ -31,6 +31,7 @@ from .caps import ActiveRuns
 from .deployments import Deployment, SupportsAttach
 from .errors import RunNotFound
 from .model import Progress
+from .ownership import Attach
 from .parsing import (
     ProxyRequest,
     RunSpec,
@@ -150,7 +151,9 @@ class Proxy:
         self._limiter = _limiter_for(self.policy.rate_limit, self.store)
         window = self.policy.resume_window
         #: The resumable runs, when `resume_window` is set.
-        self.runs: RunRegistry | None = RunRegistry(window, store=self.store) if window else None
+        self.runs: RunRegistry | None = (
+            RunRegistry(window, store=self.store, attach=self._attacher()) if window else None
+        )
         cap = self.policy.max_active_runs
         #: The active-run cap, when `max_active_runs` is set.
         self.active_runs: ActiveRuns | None = ActiveRuns(self.store, cap) if cap else None
@@ -161,6 +164,13 @@ class Proxy:
         self.sealer = (
             sealer if isinstance(deployment, SupportsAttach) and not self.store.shared else None
         )
+
+    def _attacher(self) -> Attach | None:
+        """How to follow a run of the deployment by its upstream id, when it can."""
+        deployment, policy = self.deployment, self.policy
+        if not isinstance(deployment, SupportsAttach):
+            return None
+        return functools.partial(deployment.attach, task=policy.task, timeout=policy.timeout)
 
     # -- entry points -------------------------------------------------------
 

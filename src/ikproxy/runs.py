@@ -14,7 +14,9 @@ keeps its events in memory for the followers there. With a shared store
 `RunLog`, so that a follower on any instance reads them (`StoredRun`); each
 follower renews a "followed" mark in the store, so that a run followed from
 another instance is not stopped as abandoned. Without one, runs live in the
-memory of one process and resume needs that process.
+memory of one process and resume needs that process. The producing instance
+holds a lease on its run; when it dies, an instance with a follower takes the
+run over or ends it with `run_lost` (see `ikproxy.ownership`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import anyio
 
 from .errors import IkproxyError, UpstreamError, WorkflowFailed
 from .model import Progress, State
+from .ownership import CHECK_EVERY, Attach, OwnerLease, Takeover
 from .server import StreamItem, aclose, deadline, error_code
 from .stores import MemoryStore, RunInfo, Store, StoreUnavailable
 
@@ -133,10 +136,12 @@ class SharedRun:
         request_id: str,
         timeout: float | None,
         log: RunLog | None = None,
+        items: list[dict[str, Any]] | None = None,
     ) -> None:
         self.token = token
         self.request_id = request_id
-        self.items: list[dict[str, Any]] = []
+        #: The run's events; `items` are those it had before (a run taken over).
+        self.items: list[dict[str, Any]] = list(items or ())
         self.failure: _Failed | None = None
         self.done = False
         self.followers = 0
@@ -182,6 +187,32 @@ class SharedRun:
             self._expire_later()
 
     async def _write(self) -> None:
+        """Own the run in the store (a renewed lease) while its events are written to it."""
+        assert self._log is not None
+        lease = OwnerLease(self._log.store, self.token, self._registry.instance)
+        try:
+            try:
+                held = await lease.acquire()
+            except StoreUnavailable:
+                held = True  # renewals will tell
+            if not held:
+                self._lose()
+                return
+            lease.keep(self._lose)
+            await self._write_events()
+        finally:
+            await lease.release()
+
+    def _lose(self) -> None:
+        """The lease went to another instance: stop, and let it write the run from now on."""
+        if self.done:
+            return
+        self.failure = _Failed("run_lost")
+        self._task.cancel()
+        if self._writer is not None:
+            self._writer.cancel()
+
+    async def _write_events(self) -> None:
         """Copy the events to the store as they come; retry while it is unreachable."""
         assert self._log is not None
         log, backoff, beat = self._log, 0.05, self._registry.window / 3
@@ -287,11 +318,20 @@ class SharedRun:
 class StoredRun:
     """A run produced on another instance, followed through the store."""
 
-    def __init__(self, store: Store, token: str, info: RunInfo, window: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        token: str,
+        info: RunInfo,
+        window: float,
+        takeover: Takeover | None = None,
+    ) -> None:
         self.store = store
         self.token = token
         self.window = window
         self.info = info
+        #: What to do when the run's owner is gone (checked while waiting for events).
+        self.takeover = takeover
 
     @property
     def count(self) -> int:
@@ -319,13 +359,23 @@ class StoredRun:
             while True:
                 now = time.monotonic()
                 try:
-                    events = await store.read_events(self.token, after, timeout=_POLL)
+                    wait = _POLL if self.takeover is None else CHECK_EVERY
+                    events = await store.read_events(self.token, after, timeout=wait)
                     if not events:
                         info = await store.run_info(self.token)
                         if info is None:
                             raise StoreUnavailable("the run is no longer in the store")
-                        if info.done and after >= info.count:
+                        if info.done and after > info.count:
+                            # The client saw events its dead owner never stored: the
+                            # terminal event came after them.
+                            events = await store.read_events(
+                                self.token, max(info.count - 1, 0), timeout=0.001, limit=1
+                            )
+                            after = max(info.count - 1, 0)
+                        elif info.done and after >= info.count:
                             return
+                        elif self.takeover is not None:
+                            await self.takeover.check(self.token, info)
                 except StoreUnavailable as exc:
                     trouble_since = trouble_since or now
                     if now - trouble_since > window:
@@ -376,6 +426,7 @@ class RunRegistry:
         *,
         store: Store | None = None,
         max_events: int = 10_000,
+        attach: Attach | None = None,
     ) -> None:
         if window <= 0:
             raise ValueError("resume_window must be a positive number of seconds")
@@ -386,6 +437,13 @@ class RunRegistry:
         #: Who produces runs here, as recorded in the store's metadata.
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._runs: dict[str, SharedRun] = {}
+        #: Takes over the followed runs whose owner died, with a shared store. `attach`
+        #: (a `SupportsAttach` deployment's) lets it go on with those it can follow upstream.
+        self.takeover = (
+            Takeover(self.store, self.instance, attach=attach, adopt=self.adopt, ttl=window)
+            if self.store.shared
+            else None
+        )
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -434,7 +492,24 @@ class RunRegistry:
         info = await self.store.run_info(token)
         if info is None:
             return None
-        return StoredRun(self.store, token, info, self.window)
+        return StoredRun(self.store, token, info, self.window, self.takeover)
+
+    def adopt(
+        self,
+        token: str,
+        events: list[dict[str, Any]],
+        stream: AsyncIterator[StreamItem],
+        info: RunInfo,
+    ) -> SharedRun:
+        """Produce here a run taken over from a dead owner: its `events`, then `stream`'s."""
+        log = RunLog(self.store, token, info.meta, self.window)
+        log.written = len(events)
+        request_id = str(info.meta.get("request_id") or "")
+        run = SharedRun(
+            self, token, stream, request_id=request_id, timeout=None, log=log, items=events
+        )
+        self._runs[token] = run
+        return run
 
     def forget(self, token: str) -> None:
         self._runs.pop(token, None)
