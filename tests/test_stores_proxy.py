@@ -224,3 +224,33 @@ def test_a_new_resumable_run_needs_the_store(prefix: str) -> None:
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "store_unavailable"
     assert deployment.calls == [], "the run was submitted although it could not be logged"
+
+
+def test_max_active_runs_in_one_process_without_a_store() -> None:
+    held = ScriptedDeployment(_script(), hold=True)
+    runs = iter([held, ScriptedDeployment(_script())])
+
+    class Next:
+        def run_stream(self, *args: Any, **kwargs: Any) -> Any:
+            return next(runs).run_stream(*args, **kwargs)
+
+    app = Starlette(
+        routes=[Mount("/api", app=create_app(Next(), max_active_runs=1, rate_limit=None))]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client = TestClient(app)
+    with client, client.stream("GET", "/api/run") as one:
+        chunks = one.iter_bytes()
+        _events_until(chunks, 1)
+        refused = client.get("/api/run")
+        held.release.set()
+        assert _events_until(chunks, 3)[-1].event == "result"
+        after = client.get("/api/run")
+    assert refused.status_code == 429
+    assert refused.json()["error"] == {
+        "code": "too_many_runs",
+        "message": "too many active runs (at most 1): retry in 5 s",
+        "request_id": refused.headers["x-request-id"],
+    }
+    assert after.status_code == 200

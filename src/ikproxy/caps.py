@@ -27,6 +27,9 @@ logger = logging.getLogger("ikproxy")
 
 T = TypeVar("T")
 
+#: The longest `Retry-After` of a refusal, in seconds.
+_RETRY_AFTER = 5
+
 
 class ActiveRuns:
     """The active-run cap of one proxy: `limit` slots per client key, held in `store`."""
@@ -48,7 +51,9 @@ class ActiveRuns:
         slot = secrets.token_urlsafe(12)
         wait = await self.store.acquire_slot(f"{key}", slot, limit=self.limit, ttl=self.ttl)
         if wait is not None:
-            seconds = max(1, math.ceil(wait))
+            # Slots are renewed while their runs live: the earliest expiry is only a
+            # bound, and runs end at any time; a client polls a few seconds apart.
+            seconds = max(1, min(math.ceil(wait), _RETRY_AFTER))
             raise HTTPError(
                 429,
                 "too_many_runs",

@@ -63,7 +63,7 @@ __all__ = ["ProxyURLs", "urls"]
 
 _CHUNK = 64 * 1024
 _SETTINGS_KEYS = ("DEPLOYMENT", "POLICY")
-_IMPORTABLE = ("authorize", "rate_limit", "rate_limit_key")
+_IMPORTABLE = ("authorize", "rate_limit", "rate_limit_key", "store")
 #: Where the ASGI branch keeps the rate-limit key computed in Django's sync thread.
 _KEY_ATTRIBUTE = "_ikproxy_rate_limit_key"
 

@@ -15,9 +15,11 @@ Every key has a TTL. Each write is one Lua script or one pipeline: one round tri
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -119,6 +121,23 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+class _Clients:
+    """The connections and scripts of one event loop."""
+
+    def __init__(self, url: str, timeout: float, options: dict[str, Any]) -> None:
+        self.redis = aioredis.Redis.from_url(url, socket_timeout=timeout, **options)
+        # Blocking reads hold their connection for up to _MAX_BLOCK: a pool of their own.
+        self.blocking = aioredis.Redis.from_url(url, socket_timeout=_MAX_BLOCK + timeout, **options)
+        script = self.redis.register_script
+        self.append = script(_APPEND)
+        self.gcra = script(_GCRA)
+        self.acquire_slot = script(_ACQUIRE_SLOT)
+        self.renew_slot = script(_RENEW_SLOT)
+        self.acquire_lease = script(_ACQUIRE_LEASE)
+        self.renew_lease = script(_RENEW_LEASE)
+        self.release_lease = script(_RELEASE_LEASE)
+
+
 class RedisStore:
     """Runs, rate limits, active-run slots and leases in one Redis, shared by every instance.
 
@@ -145,22 +164,24 @@ class RedisStore:
         self.prefix = prefix
         self.timeout = timeout
         self.fail_open = fail_open
-        common: dict[str, Any] = {
+        self._options: dict[str, Any] = {
             "socket_connect_timeout": timeout,
             "retry": Retry(NoBackoff(), 1),
             "max_connections": max_connections,
             "protocol": 2,
         }
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout, **common)
-        # Blocking reads hold their connection for up to _MAX_BLOCK: a pool of their own.
-        self._blocking = aioredis.Redis.from_url(url, socket_timeout=_MAX_BLOCK + timeout, **common)
-        self._append = self._redis.register_script(_APPEND)
-        self._gcra = self._redis.register_script(_GCRA)
-        self._acquire_slot = self._redis.register_script(_ACQUIRE_SLOT)
-        self._renew_slot = self._redis.register_script(_RENEW_SLOT)
-        self._acquire_lease = self._redis.register_script(_ACQUIRE_LEASE)
-        self._renew_lease = self._redis.register_script(_RENEW_LEASE)
-        self._release_lease = self._redis.register_script(_RELEASE_LEASE)
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Clients] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @property
+    def _c(self) -> _Clients:
+        """This event loop's clients (redis-py's connections belong to one loop)."""
+        loop = asyncio.get_running_loop()
+        clients = self._by_loop.get(loop)
+        if clients is None:
+            clients = self._by_loop[loop] = _Clients(self.url, self.timeout, self._options)
+        return clients
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
@@ -181,7 +202,7 @@ class RedisStore:
 
     async def create_run(self, run: str, meta: Mapping[str, Any], *, ttl: float) -> None:
         info, log, _ = self._run_keys(run)
-        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+        async with self._guard(), self._c.redis.pipeline(transaction=True) as pipe:
             pipe.delete(log)
             pipe.hset(info, mapping={"count": 0, "done": 0, "meta": _dumps(dict(meta))})
             pipe.pexpire(info, _ms(ttl))
@@ -200,7 +221,7 @@ class RedisStore:
         args: list[Any] = [first, _ms(ttl), 1 if final else 0]
         args.extend(_dumps(e) for e in events)
         async with self._guard():
-            count = await self._append(keys=[info, log], args=args)
+            count = await self._c.append(keys=[info, log], args=args)
         return int(count)
 
     async def read_events(
@@ -209,7 +230,7 @@ class RedisStore:
         _, log, _ = self._run_keys(run)
         block = _ms(min(max(timeout, 0.001), _MAX_BLOCK))
         async with self._guard():
-            reply: Any = await self._blocking.xread({log: f"{after}-0"}, count=limit, block=block)
+            reply: Any = await self._c.blocking.xread({log: f"{after}-0"}, count=limit, block=block)
         events: list[tuple[int, dict[str, Any]]] = []
         for _name, entries in reply or []:
             for entry_id, fields in entries:
@@ -219,7 +240,7 @@ class RedisStore:
 
     async def run_info(self, run: str) -> RunInfo | None:
         info, _, seen = self._run_keys(run)
-        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
+        async with self._guard(), self._c.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(info)
             pipe.exists(seen)
             fields, followed = await pipe.execute()
@@ -232,25 +253,25 @@ class RedisStore:
     async def touch_run(self, run: str, *, ttl: float) -> None:
         _, _, seen = self._run_keys(run)
         async with self._guard():
-            await self._redis.set(seen, b"1", px=_ms(ttl))
+            await self._c.redis.set(seen, b"1", px=_ms(ttl))
 
     async def expire_run(self, run: str, *, ttl: float) -> None:
         info, log, _ = self._run_keys(run)
-        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
+        async with self._guard(), self._c.redis.pipeline(transaction=False) as pipe:
             pipe.pexpire(info, _ms(ttl))
             pipe.pexpire(log, _ms(ttl))
             await pipe.execute()
 
     async def delete_run(self, run: str) -> None:
         async with self._guard():
-            await self._redis.delete(*self._run_keys(run))
+            await self._c.redis.delete(*self._run_keys(run))
 
     # -- rate limits ---------------------------------------------------------------
 
     async def acquire_token(self, key: str, *, rate: float, burst: int) -> float | None:
         try:
             async with self._guard():
-                wait = await self._gcra(keys=[f"{self.prefix}:rate:{key}"], args=[rate, burst])
+                wait = await self._c.gcra(keys=[f"{self.prefix}:rate:{key}"], args=[rate, burst])
         except StoreUnavailable:
             if self.fail_open:
                 return None
@@ -262,7 +283,7 @@ class RedisStore:
     async def acquire_slot(self, key: str, slot: str, *, limit: int, ttl: float) -> float | None:
         try:
             async with self._guard():
-                wait = await self._acquire_slot(
+                wait = await self._c.acquire_slot(
                     keys=[f"{self.prefix}:slots:{key}"], args=[slot, limit, _ms(ttl)]
                 )
         except StoreUnavailable:
@@ -273,40 +294,43 @@ class RedisStore:
 
     async def renew_slot(self, key: str, slot: str, *, ttl: float) -> bool:
         async with self._guard():
-            kept = await self._renew_slot(
+            kept = await self._c.renew_slot(
                 keys=[f"{self.prefix}:slots:{key}"], args=[slot, _ms(ttl)]
             )
         return bool(kept)
 
     async def release_slot(self, key: str, slot: str) -> None:
         async with self._guard():
-            await self._redis.zrem(f"{self.prefix}:slots:{key}", slot)
+            await self._c.redis.zrem(f"{self.prefix}:slots:{key}", slot)
 
     # -- leases ----------------------------------------------------------------------
 
     async def acquire_lease(self, name: str, owner: str, *, ttl: float) -> bool:
         async with self._guard():
-            got = await self._acquire_lease(
+            got = await self._c.acquire_lease(
                 keys=[f"{self.prefix}:lease:{name}"], args=[owner, _ms(ttl)]
             )
         return bool(got)
 
     async def renew_lease(self, name: str, owner: str, *, ttl: float) -> bool:
         async with self._guard():
-            kept = await self._renew_lease(
+            kept = await self._c.renew_lease(
                 keys=[f"{self.prefix}:lease:{name}"], args=[owner, _ms(ttl)]
             )
         return bool(kept)
 
     async def release_lease(self, name: str, owner: str) -> None:
         async with self._guard():
-            await self._release_lease(keys=[f"{self.prefix}:lease:{name}"], args=[owner])
+            await self._c.release_lease(keys=[f"{self.prefix}:lease:{name}"], args=[owner])
 
     async def lease_owner(self, name: str) -> str | None:
         async with self._guard():
-            holder: Any = await self._redis.get(f"{self.prefix}:lease:{name}")
+            holder: Any = await self._c.redis.get(f"{self.prefix}:lease:{name}")
         return None if holder is None else bytes(holder).decode()
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
-        await self._blocking.aclose()
+        """Close this event loop's connections."""
+        clients = self._by_loop.pop(asyncio.get_running_loop(), None)
+        if clients is not None:
+            await clients.redis.aclose()
+            await clients.blocking.aclose()
