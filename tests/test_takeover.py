@@ -70,10 +70,16 @@ class _Clocked(MemoryStore):
         self.now = 0.0
         self.clock = lambda: self.now
         self.renewed = asyncio.Event()
+        self.acquired = asyncio.Event()
 
     async def renew_lease(self, name: str, owner: str, *, ttl: float) -> bool:
         held = await super().renew_lease(name, owner, ttl=ttl)
         self.renewed.set()
+        return held
+
+    async def acquire_lease(self, name: str, owner: str, *, ttl: float) -> bool:
+        held = await super().acquire_lease(name, owner, ttl=ttl)
+        self.acquired.set()
         return held
 
 
@@ -114,6 +120,21 @@ async def test_an_owner_whose_lease_was_taken_learns_it() -> None:
     assert await store.lease_owner(lease.name) == "b"  # never released by a former owner
 
 
+@pytest.mark.anyio
+async def test_a_lease_the_store_lost_is_taken_again_by_its_living_owner() -> None:
+    store = _Clocked()
+    lease = OwnerLease(store, "tok", "a", ttl=5.0, every=0.01)
+    assert await lease.acquire()
+    lost = asyncio.Event()
+    lease.keep(lost.set)
+    await store.release_lease(lease.name, "a")  # as a store restarted without its data
+    store.acquired.clear()
+    await asyncio.wait_for(store.acquired.wait(), 2.0)
+    assert await store.lease_owner(lease.name) == "a"
+    assert not lost.is_set()
+    await lease.release()
+
+
 # -- the takeover decision ----------------------------------------------------------------------
 
 
@@ -142,8 +163,8 @@ async def test_a_scale_run_is_adopted_by_the_first_instance_that_checks() -> Non
     logged = [{"state": "PENDING", "uuid": "up-1"}, {"state": "STARTED", "uuid": "up-1"}]
     await _orphan(store, "tok", logged)
     b, c = _Adoptions(), _Adoptions()
-    on_b = Takeover(store, "b", attach=b.attach, adopt=b.adopt, ttl=30.0)
-    on_c = Takeover(store, "c", attach=c.attach, adopt=c.adopt, ttl=30.0)
+    on_b = Takeover(store, "b", attach=b.attach, adopt=b.adopt, ttl=30.0, grace=0)
+    on_c = Takeover(store, "c", attach=c.attach, adopt=c.adopt, ttl=30.0, grace=0)
     info = await store.run_info("tok")
     assert info is not None
     await asyncio.gather(on_b.check("tok", info), on_c.check("tok", info))
@@ -167,7 +188,7 @@ async def test_a_run_without_an_upstream_to_attach_to_ends_lost(can_attach: bool
     await _orphan(store, "tok", [{"state": "STARTED", "uuid": None, "fraction": 0.1}])
     spy = _Adoptions()
     takeover = Takeover(
-        store, "b", attach=spy.attach if can_attach else None, adopt=spy.adopt, ttl=30.0
+        store, "b", attach=spy.attach if can_attach else None, adopt=spy.adopt, ttl=30.0, grace=0
     )
     info = await store.run_info("tok")
     assert info is not None
@@ -181,11 +202,39 @@ async def test_a_run_without_an_upstream_to_attach_to_ends_lost(can_attach: bool
 
 
 @pytest.mark.anyio
+async def test_a_vacant_lease_is_taken_only_after_the_grace() -> None:
+    store = MemoryStore()
+    await _orphan(store, "tok", [{"state": "STARTED", "uuid": "up-1"}])
+    spy = _Adoptions()
+    takeover = Takeover(store, "b", attach=spy.attach, adopt=spy.adopt, ttl=30.0, grace=3.0)
+    now = 100.0
+    takeover.clock = lambda: now
+    info = await store.run_info("tok")
+    assert info is not None
+    await takeover.check("tok", info)  # first seen vacant
+    now += 2.9
+    await takeover.check("tok", info)
+    assert spy.calls == []
+    # The owner came back meanwhile (a store restart): the count starts again.
+    assert await OwnerLease(store, "tok", "a").acquire()
+    await takeover.check("tok", info)
+    await store.release_lease(lease_name("tok"), "a")
+    now += 1.0
+    await takeover.check("tok", info)
+    now += 2.9
+    await takeover.check("tok", info)
+    assert spy.calls == []
+    now += 0.1
+    await takeover.check("tok", info)
+    assert len(spy.calls) == 1
+
+
+@pytest.mark.anyio
 async def test_nothing_is_taken_while_the_owner_lives_or_once_the_run_is_done() -> None:
     store = MemoryStore()
     await _orphan(store, "tok", [{"state": "STARTED", "uuid": "up-1"}])
     spy = _Adoptions()
-    takeover = Takeover(store, "b", attach=spy.attach, adopt=spy.adopt, ttl=30.0)
+    takeover = Takeover(store, "b", attach=spy.attach, adopt=spy.adopt, ttl=30.0, grace=0)
     assert await OwnerLease(store, "tok", "a").acquire()
     info = await store.run_info("tok")
     assert info is not None

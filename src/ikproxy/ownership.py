@@ -4,8 +4,10 @@ With a shared store, the instance that starts a resumable run holds a lease
 on it (`run:<token>:owner`, `LEASE_TTL` seconds) and renews it every
 `RENEW_EVERY` seconds while it reads the upstream. If the instance dies, the
 lease lapses within `LEASE_TTL`. A follower on another instance checks the
-lease every `CHECK_EVERY` seconds while it waits for events; when it finds
-none, its instance takes the lease and then:
+lease every `CHECK_EVERY` seconds while it waits for events; when it has
+found none for `GRACE` seconds (time enough for a living owner to take its
+lease again after a store restart lost it), its instance takes the lease and
+then:
 
 * if the deployment `SupportsAttach` and the run's upstream id is known (the
   `uuid` of its first logged event), it attaches to the upstream run and
@@ -14,15 +16,18 @@ none, its instance takes the lease and then:
   a terminal `run_lost` error, which every follower gets.
 
 So a follower learns of its producer's death within `TAKEOVER_BOUND` seconds.
-An owner that cannot renew its lease (it lost the store, or another instance
-took the run over) stops producing, so a run never has two writers for long,
-and the store's numbered appends keep its log free of gaps and doubles.
+An owner whose lease went to another instance (it could not reach the store
+for longer than the lease, while that instance could) stops producing, so a
+run never has two writers for long, and the store's numbered appends keep its
+log free of gaps and doubles. The followers on that owner then get
+`run_lost`; they may resume through any other instance.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -33,6 +38,7 @@ from .stores import RunInfo, Store, StoreUnavailable
 
 __all__ = [
     "CHECK_EVERY",
+    "GRACE",
     "LEASE_TTL",
     "LOST",
     "RENEW_EVERY",
@@ -50,10 +56,14 @@ LEASE_TTL: Final = 5.0
 #: Seconds between two renewals by the owner (well under `LEASE_TTL`: two may fail).
 RENEW_EVERY: Final = 1.5
 #: Seconds between two checks of the lease by a waiting follower.
-CHECK_EVERY: Final = 1.5
+CHECK_EVERY: Final = 1.0
+#: Seconds a lease must be seen vacant before it is taken: two renewals of a living owner.
+GRACE: Final = 2 * RENEW_EVERY
 #: The longest a follower waits, after its run's owner died, before the run goes on or
-#: ends with `run_lost` (the lease's TTL, a check interval, and a margin for the store).
-TAKEOVER_BOUND: Final = LEASE_TTL + CHECK_EVERY + 1.0
+#: ends with `run_lost`: the lease's TTL, a check interval, the grace, and a margin.
+TAKEOVER_BOUND: Final = LEASE_TTL + CHECK_EVERY + GRACE + 1.0
+
+_MAX_WATCHED = 10_000
 
 #: The terminal event logged for a run whose work died with its instance.
 LOST: Final = {"error": "run_lost"}
@@ -102,29 +112,28 @@ class OwnerLease:
     def keep(self, on_lost: Callable[[], None]) -> None:
         """Renew the lease in the background until `release`; `on_lost()` if it is lost.
 
-        It is lost when a renewal finds another owner, or when renewals fail
-        (the store is unreachable) until the lease has lapsed.
+        It is lost only when another instance holds it: a lease that vanished
+        (a store restarted without its data) is taken again, and while the store
+        cannot be reached nobody else can take it either.
         """
         if self._keeper is None:
             self._keeper = asyncio.get_running_loop().create_task(self._renew(on_lost))
 
     async def _renew(self, on_lost: Callable[[], None]) -> None:
-        loop = asyncio.get_running_loop()
-        renewed = loop.time()
         while True:
             await anyio.sleep(self.every)
             try:
                 held = await self.store.renew_lease(self.name, self.owner, ttl=self.ttl)
+                if not held:
+                    # Vacant (the store lost it, or it lapsed): ours again unless taken.
+                    held = await self.acquire()
             except StoreUnavailable as exc:
-                if loop.time() - renewed < self.ttl:
-                    logger.warning("run lease renewal failed [token=%s]: %s", self.token, exc)
-                    continue
-                held = False
+                logger.warning("run lease renewal failed [token=%s]: %s", self.token, exc)
+                continue
             if not held:
-                logger.error("lost the ownership of a run [token=%s]", self.token)
+                logger.error("another instance took over a run [token=%s]", self.token)
                 on_lost()
                 return
-            renewed = loop.time()
 
     async def release(self) -> None:
         """Stop renewing and give the lease up (never raises: a lapsed lease is as good)."""
@@ -158,18 +167,36 @@ class Takeover:
     """
 
     def __init__(
-        self, store: Store, instance: str, *, attach: Attach | None, adopt: Adopt, ttl: float
+        self,
+        store: Store,
+        instance: str,
+        *,
+        attach: Attach | None,
+        adopt: Adopt,
+        ttl: float,
+        grace: float = GRACE,
     ) -> None:
         self.store = store
         self.instance = instance
         self.attach = attach
         self.adopt = adopt
         self.ttl = ttl
+        self.grace = grace
+        self.clock: Callable[[], float] = time.monotonic
+        self._vacant: dict[str, float] = {}  # token: when its lease was first seen vacant
 
     async def check(self, token: str, info: RunInfo) -> None:
-        """Take the run over if its owner's lease has lapsed (no-op otherwise)."""
+        """Take the run over if its owner's lease has been vacant for `grace` (no-op otherwise)."""
         if info.done or await self.store.lease_owner(lease_name(token)) is not None:
+            self._vacant.pop(token, None)
             return
+        now = self.clock()
+        if len(self._vacant) >= _MAX_WATCHED:
+            self._vacant.clear()  # bounded memory; a check or two more is the price
+        since = self._vacant.setdefault(token, now)
+        if now - since < self.grace:
+            return
+        del self._vacant[token]
         lease = OwnerLease(self.store, token, self.instance)
         if not await lease.acquire():
             return  # another instance took it first
