@@ -157,9 +157,21 @@ class _Adoptions:
         self.calls.append(args)
 
 
+class _Yielding(MemoryStore):
+    """A memory store whose every lease call lets other tasks run, as a network store does."""
+
+    async def lease_owner(self, name: str) -> str | None:
+        await asyncio.sleep(0)
+        return await super().lease_owner(name)
+
+    async def acquire_lease(self, name: str, owner: str, *, ttl: float) -> bool:
+        await asyncio.sleep(0)
+        return await super().acquire_lease(name, owner, ttl=ttl)
+
+
 @pytest.mark.anyio
 async def test_a_scale_run_is_adopted_by_the_first_instance_that_checks() -> None:
-    store = MemoryStore()
+    store = _Yielding()
     logged = [{"state": "PENDING", "uuid": "up-1"}, {"state": "STARTED", "uuid": "up-1"}]
     await _orphan(store, "tok", logged)
     b, c = _Adoptions(), _Adoptions()
@@ -167,7 +179,8 @@ async def test_a_scale_run_is_adopted_by_the_first_instance_that_checks() -> Non
     on_c = Takeover(store, "c", attach=c.attach, adopt=c.adopt, ttl=30.0, grace=0)
     info = await store.run_info("tok")
     assert info is not None
-    await asyncio.gather(on_b.check("tok", info), on_c.check("tok", info))
+    # Two followers on B and one on C, at once.
+    await asyncio.gather(on_b.check("tok", info), on_b.check("tok", info), on_c.check("tok", info))
     adopted = b.calls + c.calls
     assert len(adopted) == 1
     token, events, _stream, current = adopted[0]

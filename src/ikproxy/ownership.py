@@ -184,6 +184,7 @@ class Takeover:
         self.grace = grace
         self.clock: Callable[[], float] = time.monotonic
         self._vacant: dict[str, float] = {}  # token: when its lease was first seen vacant
+        self._taking: set[str] = set()
 
     async def check(self, token: str, info: RunInfo) -> None:
         """Take the run over if its owner's lease has been vacant for `grace` (no-op otherwise)."""
@@ -197,6 +198,15 @@ class Takeover:
         if now - since < self.grace:
             return
         del self._vacant[token]
+        if token in self._taking:
+            return  # another follower here is taking it
+        self._taking.add(token)
+        try:
+            await self._take(token)
+        finally:
+            self._taking.discard(token)
+
+    async def _take(self, token: str) -> None:
         lease = OwnerLease(self.store, token, self.instance)
         if not await lease.acquire():
             return  # another instance took it first
