@@ -24,6 +24,7 @@ export type ErrorCode =
   | "workflow_failed"
   | "unauthorized"
   | "timeout"
+  | "run_lost"
   | "invalid_stream"
   | "incomplete_stream"
   | "network_error"
