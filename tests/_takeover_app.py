@@ -1,9 +1,10 @@
-"""The app of the takeover tests, served by uvicorn in a process of its own.
+"""The app of the takeover and sealed-resume tests, served by uvicorn in a process of its own.
 
-One proxy on a shared Redis store (`IKPROXY_TEST_REDIS`, keys under
-`IKPROXY_TEST_PREFIX`), in front of the fake SCALE server at
-`IKPROXY_TEST_SCALE`, or, without it, of a local task that reports progress
-and then works for an hour (its work dies with the process).
+One proxy in front of the fake SCALE server at `IKPROXY_TEST_SCALE`, or,
+without it, of a local task that reports progress and then works for an hour
+(its work dies with the process). Its runs are resumable: through a shared
+Redis store (`IKPROXY_TEST_REDIS`, keys under `IKPROXY_TEST_PREFIX`), or,
+without one, by sealed ids under `IKPROXY_TEST_SECRET`.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ def _deployment() -> Deployment:
     return LocalDeployment({"endless": endless})
 
 
+redis = os.environ.get("IKPROXY_TEST_REDIS")
 app = create_app(
     _deployment(),
     resume_window=30.0,
-    store=RedisStore(os.environ["IKPROXY_TEST_REDIS"], prefix=os.environ["IKPROXY_TEST_PREFIX"]),
+    store=RedisStore(redis, prefix=os.environ["IKPROXY_TEST_PREFIX"]) if redis else None,
+    resume_secret=os.environ.get("IKPROXY_TEST_SECRET"),
     rate_limit=None,
     parameters={"prompt": str},
 )
