@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import anyio
 import pytest
 
-from ikproxy.stores import MemoryStore, RedisStore, RunInfo, Store, StoreUnavailable
+from ikproxy.stores import Append, MemoryStore, RedisStore, RunInfo, Store, StoreUnavailable
 
 from ._support import free_port
 
@@ -173,3 +173,23 @@ async def test_fail_open_lets_limits_through_when_redis_is_down() -> None:
         with pytest.raises(StoreUnavailable):
             await store.create_run("r", {}, ttl=5)
     await store.aclose()
+
+
+async def test_append_many_writes_several_runs_at_once(store: Store) -> None:
+    await store.create_run("m1", {}, ttl=30)
+    await store.create_run("m2", {}, ttl=30)
+    counts = await store.append_many(
+        [
+            Append("m1", 1, [{"a": 1}, {"a": 2}]),
+            Append("m2", 1, [{"b": 1, "results": {}}], final=True),
+            Append("m2", 5, [{"gap": True}]),
+            Append("gone", 1, [{"c": 1}]),
+        ],
+        ttl=30,
+    )
+    assert counts == [2, 1, 1, -1]
+    assert await store.append_many([Append("m1", 3, [])], ttl=30) == [2]  # a heartbeat
+    assert [n for n, _ in await store.read_events("m1", 0, timeout=0.05)] == [1, 2]
+    info = await store.run_info("m2")
+    assert info is not None
+    assert info.done

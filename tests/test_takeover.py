@@ -13,7 +13,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import anyio
 import httpx
 import pytest
 
+from ikproxy import IkproxyError, Progress, Results
 from ikproxy.codecs.sse import ServerSentEvent, SSEDecoder
 from ikproxy.ownership import (
     LOST,
@@ -31,7 +32,7 @@ from ikproxy.ownership import (
     lease_name,
     upstream_uuid,
 )
-from ikproxy.runs import parse_position
+from ikproxy.runs import RunRegistry, parse_position
 from ikproxy.stores import MemoryStore, RedisStore
 
 from ._support import free_port, running_server
@@ -418,3 +419,48 @@ def test_without_a_store_a_sealed_id_resumes_a_scale_run_whose_instance_was_kill
     assert rest[-1].event == "result"
     assert [parse_position(e.id or "")[1] for e in rest] == list(range(3, 3 + len(rest)))  # type: ignore[index]
     assert json.loads(rest[-1].data)["uuid"] == json.loads(seen[0].data)["uuid"]
+
+
+@pytest.mark.anyio
+async def test_an_owner_whose_run_was_taken_over_stops_and_writes_no_more(
+    redis_url: str, prefix: str
+) -> None:
+    store = RedisStore(redis_url, prefix=prefix)
+    registry = RunRegistry(30.0, store=store)
+    gate = asyncio.Event()
+
+    async def stream() -> AsyncIterator[Progress]:
+        yield Progress("STARTED", run_id="r", fraction=0.1)
+        await gate.wait()
+        yield Progress("SUCCESS", run_id="r", results=Results(()))
+
+    log = await registry.create(request_id="rq")
+    assert log is not None
+    run = registry.start(stream(), request_id="rq", timeout=None, log=log)
+    name = lease_name(log.token)
+    for _ in range(200):  # the owner takes its lease as the run starts
+        if await store.lease_owner(name) == registry.instance:
+            break
+        await asyncio.sleep(0.01)
+    assert await store.read_events(log.token, 0, timeout=2.0)
+    # Another instance holds the lease now (as after a long stall of this one).
+    await store.release_lease(name, registry.instance)
+    assert await store.acquire_lease(name, "elsewhere", ttl=30.0)
+    seen: list[dict[str, Any]] = []
+
+    async def follow() -> None:
+        async for event in run.follow(0):
+            seen.append(event)
+
+    with anyio.fail_after(5), pytest.raises(IkproxyError) as caught:
+        await follow()
+    assert caught.value.code == "run_lost"
+    assert len(seen) == 1
+    gate.set()
+    # Nothing is written after the loss (not the run_lost error either): wait for it in vain.
+    assert await store.read_events(log.token, 1, timeout=0.5) == []
+    info = await store.run_info(log.token)
+    assert info is not None
+    assert (info.count, info.done) == (1, False)
+    assert await store.lease_owner(name) == "elsewhere"
+    await store.aclose()

@@ -36,9 +36,9 @@ from .errors import IkproxyError, UpstreamError, WorkflowFailed
 from .model import Progress, State
 from .ownership import CHECK_EVERY, Attach, OwnerLease, Takeover
 from .server import StreamItem, aclose, deadline, error_code
-from .stores import MemoryStore, RunInfo, Store, StoreUnavailable
+from .stores import Append, MemoryStore, RunInfo, Store, StoreUnavailable
 
-__all__ = ["RunLog", "RunRegistry", "SharedRun", "StoredRun", "parse_position"]
+__all__ = ["LogWriter", "RunLog", "RunRegistry", "SharedRun", "StoredRun", "parse_position"]
 
 logger = logging.getLogger("ikproxy")
 
@@ -81,11 +81,10 @@ def is_terminal(event: Mapping[str, Any]) -> bool:
 
 
 class RunLog:
-    """The store side of one run: its events written in order, what a store lost re-sent.
+    """The store side of one run: its token, metadata, and how many events the store holds.
 
-    Events are wire objects; a failure is logged as `{"error": code}`. One
-    `sync` is one round trip, unless the store lost events (a restart) and
-    they are written again.
+    Events are wire objects; a failure is logged as `{"error": code}`. The
+    registry's `LogWriter` writes them.
     """
 
     def __init__(self, store: Store, token: str, meta: Mapping[str, Any], ttl: float) -> None:
@@ -100,28 +99,125 @@ class RunLog:
         await self.store.create_run(self.token, self.meta, ttl=self.ttl)
         self.written = 0
 
-    async def sync(self, events: list[dict[str, Any]], *, final: bool) -> None:
-        """Write `events[written:]`; `final`: the last one ends the run."""
-        for _ in range(3):
-            pending = events[self.written :]
-            if not pending:
-                return
-            count = await self.store.append_events(
-                self.token, self.written + 1, pending, ttl=self.ttl, final=final
-            )
-            if count == -1:
-                await self.create()
-                continue
-            self.written = count
-            if count >= len(events):
-                return
-        raise StoreUnavailable("the store kept refusing the run's events")
-
-    async def heartbeat(self) -> None:
-        await self.store.expire_run(self.token, ttl=self.ttl)
-
     async def delete(self) -> None:
         await self.store.delete_run(self.token)
+
+
+class LogWriter:
+    """Writes the new events of every run of a registry to the store, many runs per round trip.
+
+    One task per registry: it wakes when a run has new events, waits `linger`
+    seconds for others, and sends every pending event of every run in one
+    `append_many`, so that a busy instance writes in batches. It renews the TTL
+    of running runs (a heartbeat), re-sends what a store lost (a restart), and
+    retries while the store is unreachable; the runs' own followers read from
+    memory and never wait for it.
+    """
+
+    #: The most events sent in one round trip (a larger backlog takes several).
+    batch = 1000
+    #: Seconds a write waits for more events to join it: the store (and followers
+    #: on other instances) may lag the run by this much; its local followers do not.
+    linger = 0.005
+
+    def __init__(self, store: Store, window: float) -> None:
+        self.store = store
+        self.window = window
+        self._dirty: dict[str, SharedRun] = {}
+        self._live: dict[str, SharedRun] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def mark(self, run: SharedRun) -> None:
+        """`run` has events (or an end) the store has not got yet."""
+        self._dirty[run.token] = run
+        self._live[run.token] = run
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def drop(self, token: str) -> None:
+        self._dirty.pop(token, None)
+        self._live.pop(token, None)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = 0.05
+        while self._live:
+            if not self._dirty:
+                beat = loop.call_later(self.window / 3, self._heartbeat)
+                await self._wake.wait()
+                beat.cancel()
+            self._wake.clear()
+            # Let the events of other runs gather: one round trip carries them all.
+            await asyncio.sleep(self.linger)
+            batch = self._take()
+            try:
+                await self._flush(batch)
+                backoff = 0.05
+            except StoreUnavailable as exc:
+                logger.warning("writing run events failed, retrying: %s", exc)
+                for run in batch:
+                    if run.token in self._live:
+                        self._dirty.setdefault(run.token, run)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    def _heartbeat(self) -> None:
+        """A quiet third of the window: renew the TTL of every running run."""
+        self._dirty.update(self._live)
+        self._wake.set()
+
+    def _take(self) -> list[SharedRun]:
+        batch: list[SharedRun] = []
+        size = 0
+        while self._dirty and size < self.batch:
+            token = next(iter(self._dirty))
+            run = self._dirty.pop(token)
+            if run.disowned:
+                self.drop(token)  # another instance writes it now
+                continue
+            batch.append(run)
+            size += max(1, run.count + 1 - (run.log.written if run.log else 0))
+        return batch
+
+    async def _flush(self, batch: list[SharedRun]) -> None:
+        appends: list[Append] = []
+        plans: list[tuple[SharedRun, int, bool]] = []
+        for run in batch:
+            log = run.log
+            assert log is not None
+            events = run.log_events()
+            final = run.done and bool(events) and is_terminal(events[-1])
+            if run.done and not final:
+                # Stopped (abandoned or evicted): nobody may resume it anywhere.
+                await self.store.delete_run(run.token)
+                self._finished(run)
+                continue
+            pending = events[log.written :]
+            appends.append(Append(run.token, log.written + 1, pending, final))
+            plans.append((run, log.written + len(pending), final))
+        counts = await self.store.append_many(appends, ttl=self.window) if appends else []
+        for (run, expected, final), count in zip(plans, counts, strict=True):
+            log = run.log
+            assert log is not None
+            if run.disowned:
+                continue
+            if count == -1:
+                # The store lost the run (it restarted): create it again, then re-send.
+                await log.create()
+                self._dirty[run.token] = run
+            elif count != expected:
+                log.written = count
+                self._dirty[run.token] = run
+            else:
+                log.written = count
+                if final:
+                    self._finished(run)
+
+    def _finished(self, run: SharedRun) -> None:
+        self.drop(run.token)
+        run.flushed.set()
 
 
 class SharedRun:
@@ -145,13 +241,19 @@ class SharedRun:
         self.failure: _Failed | None = None
         self.done = False
         self.followers = 0
+        #: The run's store log, when the store is shared.
+        self.log = log
+        #: Set once the run has ended and its every event is in the store.
+        self.flushed = asyncio.Event()
         self._registry = registry
-        self._log = log
         self._changed = asyncio.Event()
         self._expiry: asyncio.TimerHandle | None = None
-        loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._produce(stream, timeout))
-        self._writer = loop.create_task(self._write()) if log is not None else None
+        self._task = asyncio.get_running_loop().create_task(self._produce(stream, timeout))
+        #: Set when another instance took the run over: this one writes it no more.
+        self.disowned = False
+        self._owner = (
+            asyncio.get_running_loop().create_task(self._own(log)) if log is not None else None
+        )
 
     @property
     def count(self) -> int:
@@ -159,6 +261,32 @@ class SharedRun:
 
     def resume_point(self, seen: int) -> int:
         return min(seen, len(self.items))
+
+    async def _own(self, log: RunLog) -> None:
+        """Hold the run's lease in the store until its every event is there."""
+        lease = OwnerLease(log.store, self.token, self._registry.instance)
+        try:
+            try:
+                held = await lease.acquire()
+            except StoreUnavailable:
+                held = True  # the renewals will tell
+            if not held:
+                self._lose()
+                return
+            lease.keep(self._lose)
+            await self.flushed.wait()
+        finally:
+            await lease.release()
+
+    def _lose(self) -> None:
+        """The lease went to another instance: stop, and leave the run's log to it."""
+        if self.flushed.is_set():
+            return
+        self.disowned = True
+        self._registry.writer.drop(self.token)
+        if not self.done:
+            self.failure = _Failed("run_lost")
+            self._task.cancel()
 
     async def _produce(self, stream: AsyncIterator[StreamItem], timeout: float | None) -> None:
         try:
@@ -185,71 +313,20 @@ class SharedRun:
             self.done = True
             self._notify()
             self._expire_later()
+            if self.log is None:
+                self.flushed.set()
 
-    async def _write(self) -> None:
-        """Own the run in the store (a renewed lease) while its events are written to it."""
-        assert self._log is not None
-        lease = OwnerLease(self._log.store, self.token, self._registry.instance)
-        try:
-            try:
-                held = await lease.acquire()
-            except StoreUnavailable:
-                held = True  # renewals will tell
-            if not held:
-                self._lose()
-                return
-            lease.keep(self._lose)
-            await self._write_events()
-        finally:
-            await lease.release()
-
-    def _lose(self) -> None:
-        """The lease went to another instance: stop, and let it write the run from now on."""
-        if self.done:
-            return
-        self.failure = _Failed("run_lost")
-        self._task.cancel()
-        if self._writer is not None:
-            self._writer.cancel()
-
-    async def _write_events(self) -> None:
-        """Copy the events to the store as they come; retry while it is unreachable."""
-        assert self._log is not None
-        log, backoff, beat = self._log, 0.05, self._registry.window / 3
-        while True:
-            changed = self._changed
-            events = self.items
-            if self.done and self.failure is not None:
-                events = [*self.items, {"error": self.failure.code}]
-            final = self.done and bool(events) and is_terminal(events[-1])
-            if self.done and not final:
-                # Stopped (abandoned or evicted): nobody may resume it anywhere.
-                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                    try:
-                        await log.delete()
-                    except StoreUnavailable:
-                        pass
-                return
-            try:
-                if log.written < len(events):
-                    await log.sync(events, final=final)
-                    backoff = 0.05
-                    continue
-                if final:
-                    return
-                with anyio.move_on_after(beat) as waited:
-                    await changed.wait()
-                if waited.cancelled_caught:
-                    await log.heartbeat()
-            except StoreUnavailable as exc:
-                logger.warning("run log write failed, retrying [token=%s]: %s", self.token, exc)
-                with anyio.move_on_after(backoff):
-                    await changed.wait()
-                backoff = min(backoff * 2, 1.0)
+    def log_events(self) -> list[dict[str, Any]]:
+        """The events as logged in the store: the items, then the failure if any."""
+        if self.done and self.failure is not None:
+            return [*self.items, {"error": self.failure.code}]
+        return self.items
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+        if self.log is not None:
+            self._registry.writer.mark(self)
 
     def _expire_later(self, delay: float | None = None) -> None:
         if self._expiry is not None:
@@ -263,7 +340,7 @@ class SharedRun:
         if not self.done:
             if self.followers:
                 return
-            if self._log is not None:
+            if self.log is not None:
                 asyncio.get_running_loop().create_task(self._expire_unless_followed())
                 return
             self._task.cancel()
@@ -271,9 +348,10 @@ class SharedRun:
 
     async def _expire_unless_followed(self) -> None:
         """Stop the run unless a follower on another instance read it within the window."""
-        assert self._log is not None
+        assert self.log is not None
+        store = self.log.store
         try:
-            info = await self._log.store.run_info(self.token)
+            info = await store.run_info(self.token)
         except StoreUnavailable:
             info = None  # nobody can follow it from elsewhere now
         if self.done or self.followers:
@@ -281,12 +359,18 @@ class SharedRun:
         if info is not None and info.followed:
             self._expire_later()
             return
+        # Gone from the store first: once the run is stopped, no instance resumes it.
+        with anyio.move_on_after(2):
+            try:
+                await store.delete_run(self.token)
+            except StoreUnavailable:
+                pass
         self._task.cancel()
         self._forget()
 
     def _forget(self) -> None:
-        if self._writer is not None and self.done:
-            self._writer.cancel()
+        if self._owner is not None and self.done:
+            self._owner.cancel()
         self._registry.forget(self.token)
 
     async def follow(self, after: int = 0) -> AsyncIterator[dict[str, Any]]:
@@ -313,6 +397,10 @@ class SharedRun:
 
     def cancel(self) -> None:
         self._task.cancel()
+
+    async def written(self) -> None:
+        """Wait until the run has ended and its every event is in the store."""
+        await self.flushed.wait()
 
 
 class StoredRun:
@@ -368,10 +456,10 @@ class StoredRun:
                         if info.done and after > info.count:
                             # The client saw events its dead owner never stored: the
                             # terminal event came after them.
-                            events = await store.read_events(
-                                self.token, max(info.count - 1, 0), timeout=0.001, limit=1
-                            )
                             after = max(info.count - 1, 0)
+                            events = await store.read_events(
+                                self.token, after, timeout=0.001, limit=1
+                            )
                         elif info.done and after >= info.count:
                             return
                         elif self.takeover is not None:
@@ -436,6 +524,8 @@ class RunRegistry:
         self.store: Store = store if store is not None else MemoryStore()
         #: Who produces runs here, as recorded in the store's metadata.
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        #: Writes the events of this registry's runs to a shared store.
+        self.writer = LogWriter(self.store, window)
         self._runs: dict[str, SharedRun] = {}
         #: Takes over the followed runs whose owner died, with a shared store. `attach`
         #: (a `SupportsAttach` deployment's) lets it go on with those it can follow upstream.
@@ -513,6 +603,7 @@ class RunRegistry:
 
     def forget(self, token: str) -> None:
         self._runs.pop(token, None)
+        self.writer.drop(token)
 
 
 def parse_position(last_event_id: str) -> tuple[str, int] | None:

@@ -12,7 +12,8 @@ another, and rate limits and `max_active_runs` hold across all of them.
 Another shared store implements the `Store` protocol (see `ikproxy.stores.base`),
 a handful of coroutines in four groups:
 
-* run logs: `create_run`, `append_events` (atomic, numbered, one round trip),
+* run logs: `create_run`, `append_events` and `append_many` (atomic, numbered,
+  one round trip for any number of runs),
   `read_events` (blocking with a timeout), `run_info`, `touch_run` (a follower
   was seen), `expire_run`, `delete_run`;
 * rate limits: `acquire_token(key, rate=, burst=)`, a token bucket held atomically;
@@ -27,13 +28,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import RunInfo, Store, StoreUnavailable
+from .base import Append, RunInfo, Store, StoreUnavailable
 from .memory import MemoryStore
 
 if TYPE_CHECKING:
     from .redis import RedisStore
 
-__all__ = ["MemoryStore", "RedisStore", "RunInfo", "Store", "StoreUnavailable"]
+__all__ = ["Append", "MemoryStore", "RedisStore", "RunInfo", "Store", "StoreUnavailable"]
 
 
 def __getattr__(name: str) -> Any:

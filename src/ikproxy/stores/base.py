@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ..errors import IkproxyError
 
-__all__ = ["RunInfo", "Store", "StoreUnavailable"]
+__all__ = ["Append", "RunInfo", "Store", "StoreUnavailable"]
 
 
 class StoreUnavailable(IkproxyError):
@@ -38,11 +38,20 @@ class RunInfo:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
+class Append(NamedTuple):
+    """One run's part of `Store.append_many`: events numbered from `first`; `final` ends it."""
+
+    run: str
+    first: int
+    events: Sequence[Mapping[str, Any]]
+    final: bool = False
+
+
 @runtime_checkable
 class Store(Protocol):
     """The shared state of every instance of one proxy.
 
-    Runs: `create_run`, `append_events`, `read_events`, `run_info`, `touch_run`,
+    Runs: `create_run`, `append_events`, `append_many`, `read_events`, `run_info`, `touch_run`,
     `expire_run`, `delete_run`. Events are numbered from 1 without gaps; an
     event is a JSON object. Rate limits: `acquire_token`. Active-run caps:
     `acquire_slot`, `renew_slot`, `release_slot`. Leases: `acquire_lease`,
@@ -76,6 +85,13 @@ class Store(Protocol):
         on a restart; -1: it re-creates the run first). With
         `final`, the last event is terminal: the run is marked done and its
         TTL becomes `ttl` for good. At most one round trip.
+        """
+        ...
+
+    async def append_many(self, appends: Sequence[Append], *, ttl: float) -> list[int]:
+        """`append_events` for several runs in one round trip: each run's count, in order.
+
+        An `Append` without events renews the run's TTL (a heartbeat).
         """
         ...
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import RunInfo
+from .base import Append, RunInfo
 
 __all__ = ["MemoryStore"]
 
@@ -84,12 +84,19 @@ class MemoryStore:
             return -1
         if len(entry.events) != first - 1 or entry.done:
             return len(entry.events)
-        entry.events.extend(dict(e) for e in events)
         entry.expires = self.clock() + ttl
-        entry.done = final
-        changed, entry.changed = entry.changed, asyncio.Event()
-        changed.set()
+        if events or final:
+            entry.events.extend(dict(e) for e in events)
+            entry.done = final
+            changed, entry.changed = entry.changed, asyncio.Event()
+            changed.set()
         return len(entry.events)
+
+    async def append_many(self, appends: Sequence[Append], *, ttl: float) -> list[int]:
+        return [
+            await self.append_events(a.run, a.first, a.events, ttl=ttl, final=a.final)
+            for a in appends
+        ]
 
     async def read_events(
         self, run: str, after: int, *, timeout: float, limit: int = 1000

@@ -29,25 +29,32 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import RunInfo, StoreUnavailable
+from .base import Append, RunInfo, StoreUnavailable
 
 __all__ = ["RedisStore"]
 
 _APPEND = """
-local count = tonumber(redis.call('HGET', KEYS[1], 'count') or '-1')
-if count < 0 then return -1 end
-if redis.call('HGET', KEYS[1], 'done') == '1' then return count end
-local first = tonumber(ARGV[1])
-if count ~= first - 1 then return count end
-local n = #ARGV - 3
-for i = 1, n do
-  redis.call('XADD', KEYS[2], (first + i - 1) .. '-0', 'e', ARGV[3 + i])
+local ttl = ARGV[1]
+local out = {}
+local a = 2
+for r = 1, #KEYS / 2 do
+  local info, log = KEYS[2 * r - 1], KEYS[2 * r]
+  local first, final, n = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  local count = tonumber(redis.call('HGET', info, 'count') or '-1')
+  if count >= 0 and count == first - 1 and redis.call('HGET', info, 'done') ~= '1' then
+    for i = 0, n - 1 do
+      redis.call('XADD', log, (first + i) .. '-0', 'e', ARGV[a + i])
+    end
+    count = first + n - 1
+    redis.call('HSET', info, 'count', count, 'done', final)
+    redis.call('PEXPIRE', info, ttl)
+    redis.call('PEXPIRE', log, ttl)
+  end
+  a = a + n
+  out[r] = count
 end
-count = first + n - 1
-redis.call('HSET', KEYS[1], 'count', count, 'done', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return count
+return out
 """
 
 _GCRA = """
@@ -124,10 +131,32 @@ def _dumps(obj: Any) -> str:
 class _Clients:
     """The connections and scripts of one event loop."""
 
-    def __init__(self, url: str, timeout: float, options: dict[str, Any]) -> None:
-        self.redis = aioredis.Redis.from_url(url, socket_timeout=timeout, **options)
-        # Blocking reads hold their connection for up to _MAX_BLOCK: a pool of their own.
-        self.blocking = aioredis.Redis.from_url(url, socket_timeout=_MAX_BLOCK + timeout, **options)
+    def __init__(self, store: RedisStore) -> None:
+        options: dict[str, Any] = {
+            "socket_connect_timeout": store.timeout,
+            "retry": Retry(NoBackoff(), 1),
+            "protocol": 2,
+        }
+        # Commands share a bounded pool. A burst of requests queues for its
+        # connections (each is held for one reply, at most `timeout`), so the wait
+        # for one is bounded more loosely than Redis itself.
+        commands = aioredis.BlockingConnectionPool.from_url(
+            store.url,
+            max_connections=store.max_connections,
+            timeout=10 * store.timeout,
+            socket_timeout=store.timeout,
+            **options,
+        )
+        self.redis = aioredis.Redis(connection_pool=commands)
+        # A follower's blocking read holds its connection for up to _MAX_BLOCK: one
+        # connection per follower on another instance, in a pool of their own.
+        reads = aioredis.ConnectionPool.from_url(
+            store.url,
+            max_connections=2**31,
+            socket_timeout=_MAX_BLOCK + store.timeout,
+            **options,
+        )
+        self.blocking = aioredis.Redis(connection_pool=reads)
         script = self.redis.register_script
         self.append = script(_APPEND)
         self.gcra = script(_GCRA)
@@ -146,7 +175,9 @@ class RedisStore:
     seconds (blocking reads after their wait plus `timeout`); a failure raises
     `StoreUnavailable`. With `fail_open=True` rate limits and active-run caps
     let requests through while Redis is unreachable instead (the default
-    refuses them with 503 `store_unavailable`).
+    refuses them with 503 `store_unavailable`). Commands share at most
+    `max_connections` connections per event loop; each follower reading a run
+    produced on another instance holds one more while it reads.
     """
 
     shared = True
@@ -158,18 +189,13 @@ class RedisStore:
         prefix: str = "ikproxy",
         timeout: float = 1.0,
         fail_open: bool = False,
-        max_connections: int | None = None,
+        max_connections: int = 100,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.timeout = timeout
         self.fail_open = fail_open
-        self._options: dict[str, Any] = {
-            "socket_connect_timeout": timeout,
-            "retry": Retry(NoBackoff(), 1),
-            "max_connections": max_connections,
-            "protocol": 2,
-        }
+        self.max_connections = max_connections
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Clients] = (
             weakref.WeakKeyDictionary()
         )
@@ -180,7 +206,7 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         clients = self._by_loop.get(loop)
         if clients is None:
-            clients = self._by_loop[loop] = _Clients(self.url, self.timeout, self._options)
+            clients = self._by_loop[loop] = _Clients(self)
         return clients
 
     def __repr__(self) -> str:
@@ -217,12 +243,21 @@ class RedisStore:
         ttl: float,
         final: bool = False,
     ) -> int:
-        info, log, _ = self._run_keys(run)
-        args: list[Any] = [first, _ms(ttl), 1 if final else 0]
-        args.extend(_dumps(e) for e in events)
+        return (await self.append_many([Append(run, first, events, final)], ttl=ttl))[0]
+
+    async def append_many(self, appends: Sequence[Append], *, ttl: float) -> list[int]:
+        # One script call for every run: one round trip, however many runs and events.
+        # (On Redis Cluster, the runs of one call must share a hash slot.)
+        keys: list[str] = []
+        args: list[Any] = [_ms(ttl)]
+        for run, first, events, final in appends:
+            info, log, _ = self._run_keys(run)
+            keys += (info, log)
+            args += (first, 1 if final else 0, len(events))
+            args.extend(_dumps(e) for e in events)
         async with self._guard():
-            count = await self._c.append(keys=[info, log], args=args)
-        return int(count)
+            counts = await self._c.append(keys=keys, args=args)
+        return [int(c) for c in counts]
 
     async def read_events(
         self, run: str, after: int, *, timeout: float, limit: int = 1000
