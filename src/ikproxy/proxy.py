@@ -451,14 +451,20 @@ class Proxy:
     ) -> RunStream:
         """A run's stream whose event ids carry a sealed reference to its upstream `uuid`.
 
-        Each id is sealed as its event goes out, valid `resume_window` seconds from then.
+        Each id is valid `resume_window` seconds from the time its event goes out
+        (to the second: events of the same second share one sealed reference).
         """
         sealer, policy = self.sealer, self.policy
         assert sealer is not None
         window = policy.resume_window or 0.0
+        sealed: list[Any] = [None, ""]  # (expiry, prefix) of the last seal
 
         def prefix() -> str:
-            return f"{SEALED_PREFIX}{sealer.seal(uuid, caller, time.time() + window)}:"
+            expires = int(time.time() + window)
+            if sealed[0] != expires:
+                sealed[:] = [expires, f"{SEALED_PREFIX}{sealer.seal(uuid, caller, expires)}:"]
+            text: str = sealed[1]
+            return text
 
         return RunStream(
             stream,
