@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import time
 import uuid as uuid_module
 import warnings
@@ -101,6 +102,14 @@ def test_the_secret_is_checked_and_never_shown() -> None:
     assert SECRET.decode() not in repr(Policy(resume_window=5, resume_secret=SECRET))
     with pytest.raises(ValueError, match="resume_secret needs resume_window"):
         Policy(resume_secret=SECRET)
+
+
+def test_without_the_cryptography_package_the_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.ciphers.aead", None)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'ikproxy\[resume\]'"):
+        Sealer(SECRET)
 
 
 # -- two proxy instances sharing the secret -------------------------------------------------
