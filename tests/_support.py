@@ -121,7 +121,8 @@ def running_server(
             lines.put(line)
         lines.put(None)
 
-    threading.Thread(target=pump, daemon=True).start()
+    pumping = threading.Thread(target=pump, daemon=True)
+    pumping.start()
     seen: list[str] = []
     try:
         pattern = re.compile(ready)
@@ -145,5 +146,6 @@ def running_server(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        pumping.join(timeout=5)  # the process is gone: its output ends
         if proc.stdout is not None:
             proc.stdout.close()

@@ -7,11 +7,12 @@ server processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -53,7 +54,16 @@ def _client(deployment: Any, url: str, prefix: str, **options: Any) -> TestClien
     options.setdefault("rate_limit", None)
     options.setdefault("parameters", {"prompt": str})
     store = RedisStore(url, prefix=prefix)
-    app = Starlette(routes=[Mount("/api", app=create_app(deployment, store=store, **options))])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await store.aclose()
+
+    app = Starlette(
+        routes=[Mount("/api", app=create_app(deployment, store=store, **options))],
+        lifespan=lifespan,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return TestClient(app)
@@ -254,3 +264,10 @@ def test_max_active_runs_in_one_process_without_a_store() -> None:
         "request_id": refused.headers["x-request-id"],
     }
     assert after.status_code == 200
+
+
+def test_max_active_runs_must_be_positive() -> None:
+    from ikproxy.policy import Policy
+
+    with pytest.raises(ValueError, match="max_active_runs must be at least 1"):
+        Policy(max_active_runs=0)

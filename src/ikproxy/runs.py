@@ -204,6 +204,8 @@ class LogWriter:
             if run.disowned:
                 continue
             if count == -1:
+                if run.token not in self._live:
+                    continue  # stopped and deleted meanwhile: leave it gone
                 # The store lost the run (it restarted): create it again, then re-send.
                 await log.create()
                 self._dirty[run.token] = run

@@ -58,6 +58,7 @@ return out
 """
 
 _GCRA = """
+redis.replicate_commands()  -- Redis 5-6: TIME before writes
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local interval = 1 / tonumber(ARGV[1])
@@ -72,6 +73,7 @@ return false
 """
 
 _ACQUIRE_SLOT = """
+redis.replicate_commands()  -- Redis 5-6: TIME before writes
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -86,6 +88,7 @@ return tostring(tonumber(first[2]) - now)
 """
 
 _RENEW_SLOT = """
+redis.replicate_commands()  -- Redis 5-6: TIME before writes
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
