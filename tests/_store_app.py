@@ -53,7 +53,7 @@ def _client_key(request: Any) -> str:
 def _options() -> dict[str, Any]:
     return {
         "parameters": {"events": int, "pace": float, "gate": str},
-        "resume_window": 30.0,
+        "resume_window": float(os.environ.get("IKPROXY_TEST_WINDOW", "30")),
         "store": RedisStore(os.environ["IKPROXY_TEST_REDIS"], prefix=os.environ["IKPROXY_TEST_PREFIX"]),
         "rate_limit": TokenBucket(rate=0.01, burst=5),
         "rate_limit_key": _client_key,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -159,6 +161,32 @@ def test_a_redis_restart_mid_run_loses_no_event(tmp_path: Path) -> None:
     assert near[-1].event == "result"
     assert _numbers(far, token) == list(range(4, 62))
     assert far[-1].event == "result"
+
+
+def test_a_follower_elsewhere_ends_with_an_error_when_the_producer_dies(redis_url: str) -> None:
+    env = {**_env(redis_url), "IKPROXY_TEST_WINDOW": "1"}
+    port = free_port()
+    args = ["-m", "uvicorn", "tests._store_app:create_app", "--factory", "--port", str(port)]
+    with (
+        running_server(args, ready="Application startup complete", env=env) as producer,
+        _uvicorn(env) as b,
+        _client() as client,
+    ):
+        params = {"events": 200, "pace": 0.05}
+        with client.stream("GET", f"http://127.0.0.1:{port}/run", params=params) as response:
+            seen = _read(response.iter_bytes(), SSEDecoder(), 2)
+        headers = {"Last-Event-ID": seen[-1].id or ""}
+        with client.stream("GET", f"{b}/run", headers=headers) as follower:
+            chunks, decoder = follower.iter_bytes(), SSEDecoder()
+            _read(chunks, decoder, 2)
+            os.kill(producer.pid, signal.SIGKILL)
+            started = time.monotonic()
+            rest = _read_to_end(chunks, decoder)
+            elapsed = time.monotonic() - started
+    # The run's keys expire a window after its last write; the follower gives up a
+    # window later: an error event, never a hang.
+    assert rest[-1].event == "error"
+    assert elapsed < 10
 
 
 def _cut_and_resume(url: str, client: httpx.Client) -> tuple[bool, bool]:

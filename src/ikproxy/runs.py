@@ -250,6 +250,7 @@ class SharedRun:
         self._registry = registry
         self._changed = asyncio.Event()
         self._expiry: asyncio.TimerHandle | None = None
+        self._checking: asyncio.Task[None] | None = None
         self._task = asyncio.get_running_loop().create_task(self._produce(stream, timeout))
         #: Set when another instance took the run over: this one writes it no more.
         self.disowned = False
@@ -330,11 +331,11 @@ class SharedRun:
         if self.log is not None:
             self._registry.writer.mark(self)
 
-    def _expire_later(self, delay: float | None = None) -> None:
+    def _expire_later(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
         loop = asyncio.get_running_loop()
-        self._expiry = loop.call_later(delay or self._registry.window, self._expire)
+        self._expiry = loop.call_later(self._registry.window, self._expire)
 
     def _expire(self) -> None:
         """Forget the run; stop it first if it is still going (nobody followed it in time)."""
@@ -343,7 +344,8 @@ class SharedRun:
             if self.followers:
                 return
             if self.log is not None:
-                asyncio.get_running_loop().create_task(self._expire_unless_followed())
+                loop = asyncio.get_running_loop()
+                self._checking = loop.create_task(self._expire_unless_followed())
                 return
             self._task.cancel()
         self._forget()
@@ -449,7 +451,8 @@ class StoredRun:
             while True:
                 now = time.monotonic()
                 try:
-                    wait = _POLL if self.takeover is None else CHECK_EVERY
+                    poll = _POLL if self.takeover is None else CHECK_EVERY
+                    wait = min(window / 3, poll)
                     events = await store.read_events(self.token, after, timeout=wait)
                     if not events:
                         info = await store.run_info(self.token)
