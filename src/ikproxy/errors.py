@@ -21,6 +21,7 @@ __all__ = [
     "IncompleteStream",
     "InvalidInput",
     "InvalidParameter",
+    "RunNotFound",
     "RunTimeout",
     "StorageError",
     "StorageObjectExists",
@@ -72,6 +73,10 @@ class UpstreamError(IkproxyError):
 
 class UpstreamHTTPError(UpstreamError):
     """The deployment answered with an HTTP error status."""
+
+
+class RunNotFound(UpstreamHTTPError):
+    """The deployment does not know the run asked for (HTTP 404 on its results)."""
 
 
 class UpstreamConnectionError(UpstreamError):

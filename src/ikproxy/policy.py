@@ -239,6 +239,10 @@ class Policy:
       and machines, so that a run resumes on any instance and limits hold on all.
     * `max_active_runs`: at most this many runs of one client (the rate-limit key)
       at once, on every instance sharing the store; the next gets 429 `too_many_runs`.
+    * `resume_secret`: with `resume_window`, and a deployment that can attach to a
+      run (SCALE), event ids carry a sealed reference to the upstream run (see
+      `ikproxy.sealed`), so any instance sharing the secret resumes the run: bytes
+      or str of at least 32 bytes, kept as secret as the SCALE token.
     """
 
     parameters: Mapping[str, Param | type] | type[Any] | ModelParameters = field(
@@ -258,6 +262,7 @@ class Policy:
     resume_window: float | None = None
     store: Store | None = None
     max_active_runs: int | None = None
+    resume_secret: bytes | str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         from .params import ModelParameters, is_model, model_parameters
@@ -285,6 +290,8 @@ class Policy:
             raise ValueError("resume_window must be a positive number of seconds")
         if self.max_active_runs is not None and self.max_active_runs < 1:
             raise ValueError("max_active_runs must be at least 1")
+        if self.resume_secret is not None and self.resume_window is None:
+            raise ValueError("resume_secret needs resume_window (how long a run stays resumable)")
         if self.max_upload_bytes < 0 or self.max_inputs < 0:
             raise ValueError("max_upload_bytes and max_inputs must not be negative")
 

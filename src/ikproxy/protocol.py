@@ -43,6 +43,7 @@ ERROR_MESSAGES: Final[dict[str, str]] = {
     "invalid_parameter": "The deployment refused the request's parameters.",
     "store_unavailable": "The shared store could not be reached; try again shortly.",
     "too_many_runs": "Too many runs at once for this client; retry when one ends.",
+    "run_lost": "The run was lost with the server that was running it.",
 }
 
 #: The HTTP status for an error that happens before the stream starts.
@@ -55,6 +56,7 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "invalid_parameter": 400,
     "store_unavailable": 503,
     "too_many_runs": 429,
+    "run_lost": 502,
 }
 
 

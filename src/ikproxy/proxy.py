@@ -19,6 +19,7 @@ import functools
 import inspect
 import json
 import logging
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -27,8 +28,10 @@ from urllib.parse import parse_qsl
 
 from .__about__ import __version__
 from .caps import ActiveRuns
-from .deployments import Deployment
+from .deployments import Deployment, SupportsAttach
+from .errors import RunNotFound
 from .model import Progress
+from .ownership import Attach
 from .parsing import (
     ProxyRequest,
     RunSpec,
@@ -45,6 +48,7 @@ from .protocol import (
     error_body,
 )
 from .runs import Followable, RunRegistry, parse_position
+from .sealed import SEALED_PREFIX, ExpiredReference, InvalidReference, Sealer
 from .server import (
     RunStream,
     StreamFormat,
@@ -147,10 +151,26 @@ class Proxy:
         self._limiter = _limiter_for(self.policy.rate_limit, self.store)
         window = self.policy.resume_window
         #: The resumable runs, when `resume_window` is set.
-        self.runs: RunRegistry | None = RunRegistry(window, store=self.store) if window else None
+        self.runs: RunRegistry | None = (
+            RunRegistry(window, store=self.store, attach=self._attacher()) if window else None
+        )
         cap = self.policy.max_active_runs
         #: The active-run cap, when `max_active_runs` is set.
         self.active_runs: ActiveRuns | None = ActiveRuns(self.store, cap) if cap else None
+        secret = self.policy.resume_secret
+        sealer = Sealer(secret) if secret is not None else None
+        #: Seals upstream run references into event ids: with `resume_secret`, when the
+        #: deployment can attach to a run and no shared store keeps runs (it replays more).
+        self.sealer = (
+            sealer if isinstance(deployment, SupportsAttach) and not self.store.shared else None
+        )
+
+    def _attacher(self) -> Attach | None:
+        """How to follow a run of the deployment by its upstream id, when it can."""
+        deployment, policy = self.deployment, self.policy
+        if not isinstance(deployment, SupportsAttach):
+            return None
+        return functools.partial(deployment.attach, task=policy.task, timeout=policy.timeout)
 
     # -- entry points -------------------------------------------------------
 
@@ -166,10 +186,10 @@ class Proxy:
             await _resolve(self._admit(request))
             position = self._resume_position(request)
             if position is not None:
-                return await self._resume(*position, request_id)
+                return await self._resume(*position, request_id, self._caller_key(request))
             raw = await read_body(request, body, self.policy.max_upload_bytes)
             spec = parse_run_request(request, raw, self.policy, request_id)
-            key = self._cap_key(request)
+            key = self._caller_key(request)
             if inspect.isawaitable(key):
                 key = await key
             return await self._start(spec, key)
@@ -196,11 +216,12 @@ class Proxy:
                 blocking_portal().call(_resolve, pending)
             position = self._resume_position(request)
             if position is not None:
-                response = blocking_portal().call(self._resume, *position, request_id)
+                key = self._caller_key(request)
+                response = blocking_portal().call(self._resume, *position, request_id, key)
             else:
                 raw = read_body_sync(request, body, self.policy.max_upload_bytes)
                 spec = parse_run_request(request, raw, self.policy, request_id)
-                key = self._cap_key(request)
+                key = self._caller_key(request)
                 response = blocking_portal().call(self._start_with_key, spec, key)
         except HTTPError as exc:
             response = error_response(exc, request_id)
@@ -298,9 +319,12 @@ class Proxy:
             wait = await wait
         _check_wait(wait)
 
-    def _cap_key(self, request: ProxyRequest) -> Any:
-        """The caller's key for the active-run cap (maybe awaitable); None without a cap."""
-        if self.active_runs is None:
+    def _caller_key(self, request: ProxyRequest) -> Any:
+        """The caller's key (maybe awaitable) for the active-run cap and sealed references.
+
+        The rate limit's key; None when there is neither a cap nor a sealer.
+        """
+        if self.active_runs is None and self.sealer is None:
             return None
         key_fn = self.policy.rate_limit_key
         return key_fn(request.native) if key_fn else (request.client or "anonymous")
@@ -336,18 +360,19 @@ class Proxy:
         if slot is not None and self.active_runs is not None:
             stream = self.active_runs.hold(slot, stream)
         try:
-            first = await stream.__anext__()
-        except StopAsyncIteration:
-            first = None
-        except Exception as exc:
-            code = error_code(exc)
-            logger.error("run refused [request_id=%s code=%s]", spec.request_id, code, exc_info=exc)
-            await aclose(stream)
+            first = await _first(stream, spec.request_id)
+        except HTTPError:
             if log is not None:
                 with contextlib.suppress(StoreUnavailable):
                     await log.delete()
-            raise HTTPError(HTTP_STATUS[code], code, ERROR_MESSAGES[code]) from None
+            raise
         headers = stream_headers(spec.format, spec.request_id)
+        if self.sealer is not None and key is not None and first is not None and first.uuid:
+            # The upstream keeps the run: its event ids carry a sealed reference to it.
+            body = self._sealed(
+                _prepend(first, stream), first.uuid, str(key), spec.format, spec.request_id, 0
+            )
+            return ProxyResponse(200, headers, body)
         if self.runs is not None:
             run = self.runs.start(
                 _prepend(first, stream),
@@ -398,14 +423,75 @@ class Proxy:
         return position[0], position[1], format
 
     async def _resume(
-        self, token: str, seen: int, format: StreamFormat, request_id: str
+        self, token: str, seen: int, format: StreamFormat, request_id: str, key: Any = None
     ) -> ProxyResponse:
         """The stream of a run resumed after its first `seen` events, on any instance."""
         assert self.runs is not None
+        if self.sealer is not None and token.startswith(SEALED_PREFIX):
+            if inspect.isawaitable(key):
+                key = await key
+            reference = token[len(SEALED_PREFIX) :]
+            return await self._resume_sealed(reference, seen, str(key), format, request_id)
         run = await self.runs.find(token)
         if run is None:
-            raise HTTPError(410, "resume_expired", "the run to resume is unknown or has expired")
+            raise _gone()
         body = self._follow(run, format, request_id, run.resume_point(seen))
+        return ProxyResponse(200, stream_headers(format, request_id), body)
+
+    # -- sealed references: resuming by attaching to the upstream run --------------
+
+    def _sealed(
+        self,
+        stream: AsyncIterator[Progress],
+        uuid: str,
+        caller: str,
+        format: StreamFormat,
+        request_id: str,
+        after: int,
+    ) -> RunStream:
+        """A run's stream whose event ids carry a sealed reference to its upstream `uuid`.
+
+        Each id is valid `resume_window` seconds from the time its event goes out
+        (to the second: events of the same second share one sealed reference).
+        """
+        sealer, policy = self.sealer, self.policy
+        assert sealer is not None
+        window = policy.resume_window or 0.0
+        sealed: list[Any] = [None, ""]  # (expiry, prefix) of the last seal
+
+        def prefix() -> str:
+            expires = int(time.time() + window)
+            if sealed[0] != expires:
+                sealed[:] = [expires, f"{SEALED_PREFIX}{sealer.seal(uuid, caller, expires)}:"]
+            text: str = sealed[1]
+            return text
+
+        return RunStream(
+            stream,
+            format=format,
+            keepalive=policy.keepalive,
+            retry_ms=policy.retry_ms,
+            request_id=request_id,
+            timeout=policy.timeout,
+            finish_on_disconnect=policy.finish_on_disconnect,
+            first_id=after + 1,
+            id_prefix=prefix,
+        )
+
+    async def _resume_sealed(
+        self, reference: str, seen: int, caller: str, format: StreamFormat, request_id: str
+    ) -> ProxyResponse:
+        """Open a sealed reference and attach to its upstream run: the current state, then on."""
+        assert self.sealer is not None
+        try:
+            uuid = self.sealer.open(reference, caller)
+        except (InvalidReference, ExpiredReference) as exc:
+            logger.info("resume refused [request_id=%s]: %s", request_id, exc)
+            raise _gone() from None
+        deployment = cast(SupportsAttach, self.deployment)
+        stream = deployment.attach(uuid, task=self.policy.task, timeout=self.policy.timeout)
+        first = await _first(stream, request_id)
+        body = self._sealed(_prepend(first, stream), uuid, caller, format, request_id, seen)
         return ProxyResponse(200, stream_headers(format, request_id), body)
 
 
@@ -421,6 +507,29 @@ def _asset(name: str) -> bytes:
 async def _resolve(value: Awaitable[None] | None) -> None:
     if value is not None:
         await value
+
+
+def _gone() -> HTTPError:
+    return HTTPError(410, "resume_expired", "the run to resume is unknown or has expired")
+
+
+async def _first(stream: AsyncIterator[Progress], request_id: str) -> Progress | None:
+    """A run's first progress (None if it has none); its failure as an `HTTPError`.
+
+    An upstream that does not know the run (attaching to it) means it is gone: 410.
+    """
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
+    except Exception as exc:
+        await aclose(stream)
+        if isinstance(exc, RunNotFound):
+            logger.info("resume refused [request_id=%s]: %s", request_id, exc)
+            raise _gone() from None
+        code = error_code(exc)
+        logger.error("run refused [request_id=%s code=%s]", request_id, code, exc_info=exc)
+        raise HTTPError(HTTP_STATUS[code], code, ERROR_MESSAGES[code]) from None
 
 
 def _limiter_for(limiter: RateLimiter | None, store: Store) -> RateLimiter | None:

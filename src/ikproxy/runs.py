@@ -14,7 +14,9 @@ keeps its events in memory for the followers there. With a shared store
 `RunLog`, so that a follower on any instance reads them (`StoredRun`); each
 follower renews a "followed" mark in the store, so that a run followed from
 another instance is not stopped as abandoned. Without one, runs live in the
-memory of one process and resume needs that process.
+memory of one process and resume needs that process. The producing instance
+holds a lease on its run; when it dies, an instance with a follower takes the
+run over or ends it with `run_lost` (see `ikproxy.ownership`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import anyio
 
 from .errors import IkproxyError, UpstreamError, WorkflowFailed
 from .model import Progress, State
+from .ownership import CHECK_EVERY, Attach, OwnerLease, Takeover
 from .server import StreamItem, aclose, deadline, error_code
 from .stores import Append, MemoryStore, RunInfo, Store, StoreUnavailable
 
@@ -171,6 +174,9 @@ class LogWriter:
         while self._dirty and size < self.batch:
             token = next(iter(self._dirty))
             run = self._dirty.pop(token)
+            if run.disowned:
+                self.drop(token)  # another instance writes it now
+                continue
             batch.append(run)
             size += max(1, run.count + 1 - (run.log.written if run.log else 0))
         return batch
@@ -195,6 +201,8 @@ class LogWriter:
         for (run, expected, final), count in zip(plans, counts, strict=True):
             log = run.log
             assert log is not None
+            if run.disowned:
+                continue
             if count == -1:
                 if run.token not in self._live:
                     continue  # stopped and deleted meanwhile: leave it gone
@@ -226,10 +234,12 @@ class SharedRun:
         request_id: str,
         timeout: float | None,
         log: RunLog | None = None,
+        items: list[dict[str, Any]] | None = None,
     ) -> None:
         self.token = token
         self.request_id = request_id
-        self.items: list[dict[str, Any]] = []
+        #: The run's events; `items` are those it had before (a run taken over).
+        self.items: list[dict[str, Any]] = list(items or ())
         self.failure: _Failed | None = None
         self.done = False
         self.followers = 0
@@ -242,6 +252,11 @@ class SharedRun:
         self._expiry: asyncio.TimerHandle | None = None
         self._checking: asyncio.Task[None] | None = None
         self._task = asyncio.get_running_loop().create_task(self._produce(stream, timeout))
+        #: Set when another instance took the run over: this one writes it no more.
+        self.disowned = False
+        self._owner = (
+            asyncio.get_running_loop().create_task(self._own(log)) if log is not None else None
+        )
 
     @property
     def count(self) -> int:
@@ -249,6 +264,32 @@ class SharedRun:
 
     def resume_point(self, seen: int) -> int:
         return min(seen, len(self.items))
+
+    async def _own(self, log: RunLog) -> None:
+        """Hold the run's lease in the store until its every event is there."""
+        lease = OwnerLease(log.store, self.token, self._registry.instance)
+        try:
+            try:
+                held = await lease.acquire()
+            except StoreUnavailable:
+                held = True  # the renewals will tell
+            if not held:
+                self._lose()
+                return
+            lease.keep(self._lose)
+            await self.flushed.wait()
+        finally:
+            await lease.release()
+
+    def _lose(self) -> None:
+        """The lease went to another instance: stop, and leave the run's log to it."""
+        if self.flushed.is_set():
+            return
+        self.disowned = True
+        self._registry.writer.drop(self.token)
+        if not self.done:
+            self.failure = _Failed("run_lost")
+            self._task.cancel()
 
     async def _produce(self, stream: AsyncIterator[StreamItem], timeout: float | None) -> None:
         try:
@@ -332,6 +373,8 @@ class SharedRun:
         self._forget()
 
     def _forget(self) -> None:
+        if self._owner is not None and self.done:
+            self._owner.cancel()
         self._registry.forget(self.token)
 
     async def follow(self, after: int = 0) -> AsyncIterator[dict[str, Any]]:
@@ -367,11 +410,20 @@ class SharedRun:
 class StoredRun:
     """A run produced on another instance, followed through the store."""
 
-    def __init__(self, store: Store, token: str, info: RunInfo, window: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        token: str,
+        info: RunInfo,
+        window: float,
+        takeover: Takeover | None = None,
+    ) -> None:
         self.store = store
         self.token = token
         self.window = window
         self.info = info
+        #: What to do when the run's owner is gone (checked while waiting for events).
+        self.takeover = takeover
 
     @property
     def count(self) -> int:
@@ -399,14 +451,24 @@ class StoredRun:
             while True:
                 now = time.monotonic()
                 try:
-                    wait = min(window / 3, _POLL)
+                    poll = _POLL if self.takeover is None else CHECK_EVERY
+                    wait = min(window / 3, poll)
                     events = await store.read_events(self.token, after, timeout=wait)
                     if not events:
                         info = await store.run_info(self.token)
                         if info is None:
                             raise StoreUnavailable("the run is no longer in the store")
-                        if info.done and after >= info.count:
+                        if info.done and after > info.count:
+                            # The client saw events its dead owner never stored: the
+                            # terminal event came after them.
+                            after = max(info.count - 1, 0)
+                            events = await store.read_events(
+                                self.token, after, timeout=0.001, limit=1
+                            )
+                        elif info.done and after >= info.count:
                             return
+                        elif self.takeover is not None:
+                            await self.takeover.check(self.token, info)
                 except StoreUnavailable as exc:
                     trouble_since = trouble_since or now
                     if now - trouble_since > window:
@@ -457,6 +519,7 @@ class RunRegistry:
         *,
         store: Store | None = None,
         max_events: int = 10_000,
+        attach: Attach | None = None,
     ) -> None:
         if window <= 0:
             raise ValueError("resume_window must be a positive number of seconds")
@@ -469,6 +532,13 @@ class RunRegistry:
         #: Writes the events of this registry's runs to a shared store.
         self.writer = LogWriter(self.store, window)
         self._runs: dict[str, SharedRun] = {}
+        #: Takes over the followed runs whose owner died, with a shared store. `attach`
+        #: (a `SupportsAttach` deployment's) lets it go on with those it can follow upstream.
+        self.takeover = (
+            Takeover(self.store, self.instance, attach=attach, adopt=self.adopt, ttl=window)
+            if self.store.shared
+            else None
+        )
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -517,7 +587,24 @@ class RunRegistry:
         info = await self.store.run_info(token)
         if info is None:
             return None
-        return StoredRun(self.store, token, info, self.window)
+        return StoredRun(self.store, token, info, self.window, self.takeover)
+
+    def adopt(
+        self,
+        token: str,
+        events: list[dict[str, Any]],
+        stream: AsyncIterator[StreamItem],
+        info: RunInfo,
+    ) -> SharedRun:
+        """Produce here a run taken over from a dead owner: its `events`, then `stream`'s."""
+        log = RunLog(self.store, token, info.meta, self.window)
+        log.written = len(events)
+        request_id = str(info.meta.get("request_id") or "")
+        run = SharedRun(
+            self, token, stream, request_id=request_id, timeout=None, log=log, items=events
+        )
+        self._runs[token] = run
+        return run
 
     def forget(self, token: str) -> None:
         self._runs.pop(token, None)

@@ -67,6 +67,7 @@ logger = logging.getLogger("ikproxy")
 T = TypeVar("T")
 StreamFormat = Literal["sse", "ndjson"]
 StreamItem = Union[Progress, Mapping[str, Any]]
+IdPrefix = Union[str, Callable[[], str]]
 
 #: How many encoded events are joined into one write when they are ready together.
 _COALESCE_BYTES = 64 * 1024
@@ -109,10 +110,11 @@ class _Encoder:
     """Frames wire objects as SSE events or NDJSON lines, numbering them from `first_id`.
 
     With an `id_prefix` (a resumable run's token and a colon) every id is the
-    text `<prefix><n>`, in NDJSON too; otherwise NDJSON ids are integers.
+    text `<prefix><n>`, in NDJSON too; otherwise NDJSON ids are integers. A
+    callable prefix is called for each event (a sealed reference with its expiry).
     """
 
-    def __init__(self, format: StreamFormat, first_id: int = 1, id_prefix: str = "") -> None:
+    def __init__(self, format: StreamFormat, first_id: int = 1, id_prefix: IdPrefix = "") -> None:
         if format not in ("sse", "ndjson"):
             raise ValueError(f"format must be 'sse' or 'ndjson', not {format!r}")
         self.sse = format == "sse"
@@ -132,7 +134,8 @@ class _Encoder:
     def event(self, kind: str, obj: Mapping[str, Any]) -> bytes:
         number = self.next_id
         self.next_id += 1
-        event_id: int | str = f"{self.id_prefix}{number}" if self.id_prefix else number
+        prefix = self.id_prefix if isinstance(self.id_prefix, str) else self.id_prefix()
+        event_id: int | str = f"{prefix}{number}" if prefix else number
         if self.sse:
             # Compact JSON never holds a raw CR or LF, so the data is one line; the
             # id is our own text, never CR, LF or NUL.
@@ -192,7 +195,7 @@ class RunStream:
         timeout: float | None = None,
         finish_on_disconnect: bool = False,
         first_id: int = 1,
-        id_prefix: str = "",
+        id_prefix: IdPrefix = "",
     ) -> None:
         self._stream = stream
         self._encoder = _Encoder(format, first_id, id_prefix)

@@ -31,6 +31,7 @@ from anyio.from_thread import BlockingPortal
 
 from .._portal import PortalThread, iterate
 from ..errors import (
+    RunNotFound,
     RunTimeout,
     UpstreamConnectionError,
     UpstreamError,
@@ -84,6 +85,9 @@ RETRIED_STATUSES = frozenset({502, 503, 504})
 """Poll answers that mean "try again": a gateway or an overloaded deployment."""
 
 MAX_RETRY_DELAY = 10.0
+
+_RUN_IDS = uuid_module.UUID("b8fd625b-f700-4baa-b21e-3ba1cadbbbe3")
+"""The namespace of run ids, derived from upstream uuids (uuid5)."""
 
 
 class Client:
@@ -246,7 +250,6 @@ class Client:
         _check_timeout(timeout)
         deadline = None if timeout is None else anyio.current_time() + timeout
         limit = _Limit(deadline, timeout)
-        run_id = uuid_module.uuid4().hex
 
         workflow = await limit.run(self._get_workflow)
         target = workflow.resolve(task, task_index)
@@ -274,7 +277,49 @@ class Client:
         answer = parse_run_answer(raw)
         uuid = answer.uuid
         assert uuid is not None
-        logger.debug("run %s accepted as %s", run_id, uuid)
+        logger.debug("run accepted as %s", uuid)
+        async with aclosing(self._track(uuid, target.name, answer, limit)) as updates:
+            async for progress in updates:
+                yield progress
+
+    async def attach(
+        self,
+        uuid: str,
+        *,
+        task: str | None = None,
+        task_index: int | None = None,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[Progress, None]:
+        """Follow a run submitted elsewhere (another client, process or machine) by its uuid.
+
+        The same contract as `run_stream`: the first item is the run's current
+        state, once the deployment answered a first poll, so an unknown uuid
+        raises `RunNotFound` from the first `__anext__()`; the last item carries
+        the results (at once, if the run is already done). `task` and
+        `task_index` name the run's task as `run_stream` does, for the `name` of
+        each progress; `timeout` bounds the following. Closing it stops polling;
+        the run itself goes on upstream.
+        """
+        if not isinstance(uuid, str) or not uuid:
+            raise ValueError("uuid must be a non-empty string: the deployment's id of the run")
+        timeout = self.timeout if timeout is None else timeout
+        _check_timeout(timeout)
+        limit = _Limit(None if timeout is None else anyio.current_time() + timeout, timeout)
+        workflow = await limit.run(self._get_workflow)
+        target = workflow.resolve(task, task_index)
+        answer = await self._poll(uuid, False, limit)
+        async with aclosing(self._track(uuid, target.name, answer, limit, polls=1)) as updates:
+            async for progress in updates:
+                yield progress
+
+    async def _track(
+        self, uuid: str, name: str, answer: Answer, limit: _Limit, polls: int = 0
+    ) -> AsyncGenerator[Progress, None]:
+        """The progress of run `uuid` from its latest `answer` on, polled until it is done.
+
+        Every client that follows the same uuid reports the same `run_id`.
+        """
+        run_id = uuid_module.uuid5(_RUN_IDS, uuid).hex
 
         def progress(answer: Answer, results: Results | None = None) -> Progress:
             return Progress(
@@ -282,13 +327,15 @@ class Client:
                 eta=answer.eta,
                 run_id=run_id,
                 uuid=uuid,
-                name=target.name,
+                name=name,
                 results=results,
             )
 
-        yield progress(answer)
-        polls = 0
         while True:
+            if answer.outputs is not None:
+                yield progress(answer, Results(outputs=answer.outputs, uuid=uuid))
+                return
+            yield progress(answer)
             if answer.next_poll_in is not None:
                 delay, long = answer.next_poll_in, answer.next_poll_long
             elif polls >= MAX_POLLS:
@@ -298,10 +345,6 @@ class Client:
             await limit.run(anyio.sleep, delay)
             answer = await self._poll(uuid, long, limit)
             polls += 1
-            if answer.outputs is not None:
-                yield progress(answer, Results(outputs=answer.outputs, uuid=uuid))
-                return
-            yield progress(answer)
 
     async def _poll(self, uuid: str, long: bool, limit: _Limit) -> Answer:
         """One poll, retried with backoff on network errors and HTTP 502/503/504."""
@@ -315,6 +358,10 @@ class Client:
                 )
                 return parse_poll_answer(status, raw)
             except (UpstreamConnectionError, UpstreamTimeout, UpstreamHTTPError) as exc:
+                if isinstance(exc, UpstreamHTTPError) and exc.status_code == 404:
+                    raise RunNotFound(
+                        "the deployment does not know this run (HTTP 404)", status_code=404
+                    ) from exc
                 retryable = (
                     not isinstance(exc, UpstreamHTTPError) or exc.status_code in RETRIED_STATUSES
                 )
@@ -466,6 +513,21 @@ class SyncClient:
             save_temporary=save_temporary,
             store_outputs=store_outputs,
         )
+        return iterate(self._portal(), stream, stream.aclose)
+
+    def attach(
+        self,
+        uuid: str,
+        *,
+        task: str | None = None,
+        task_index: int | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Progress]:
+        """Follow a run submitted elsewhere by its uuid (see `Client.attach`).
+
+        Closing the iterator stops polling; the run itself goes on upstream.
+        """
+        stream = self._client.attach(uuid, task=task, task_index=task_index, timeout=timeout)
         return iterate(self._portal(), stream, stream.aclose)
 
 
