@@ -209,6 +209,11 @@ class Policy:
     * `resume_window`: make runs resumable (see `ikproxy.runs`): a run goes on without
       its client for this many seconds, and a reconnecting client resumes it from its
       `Last-Event-ID`.
+    * `inline_output_limit`: an image output larger than this many bytes reaches the
+      browser by reference (a URL under the proxy's mount, see `ikproxy.outputs`),
+      as stored outputs always do; None inlines every image. `output_window`: how
+      long after the run such URLs work, in seconds. `presigned_outputs`: hand out
+      the storage's own presigned URL for a stored output instead of streaming it.
     """
 
     parameters: Mapping[str, Param | type] = field(default_factory=dict)
@@ -224,6 +229,9 @@ class Policy:
     retry_ms: int | None = 3000
     finish_on_disconnect: bool = False
     resume_window: float | None = None
+    inline_output_limit: int | None = 1_000_000
+    output_window: float = 300.0
+    presigned_outputs: bool = False
 
     def __post_init__(self) -> None:
         params: dict[str, Param] = {}
@@ -242,6 +250,10 @@ class Policy:
             raise ValueError("keepalive must be a positive number of seconds")
         if self.resume_window is not None and self.resume_window <= 0:
             raise ValueError("resume_window must be a positive number of seconds")
+        if self.output_window <= 0:
+            raise ValueError("output_window must be a positive number of seconds")
+        if self.inline_output_limit is not None and self.inline_output_limit < 0:
+            raise ValueError("inline_output_limit must not be negative")
         if self.max_upload_bytes < 0 or self.max_inputs < 0:
             raise ValueError("max_upload_bytes and max_inputs must not be negative")
 

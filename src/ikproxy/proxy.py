@@ -13,6 +13,7 @@ then the run is submitted (its refusal gives 400/502/504); only then 200.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -20,12 +21,13 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Final, Generic, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from .__about__ import __version__
 from .deployments import Deployment
 from .model import Progress
+from .outputs import Opener, OutputStore, by_reference, serve
 from .parsing import (
     ProxyRequest,
     RunSpec,
@@ -141,6 +143,8 @@ class Proxy:
         window = self.policy.resume_window
         #: The resumable runs, when `resume_window` is set.
         self.runs: RunRegistry | None = RunRegistry(window) if window else None
+        #: The outputs served by reference (`/outputs/<token>/<index>`).
+        self.outputs = OutputStore(self.policy.output_window)
 
     # -- entry points -------------------------------------------------------
 
@@ -159,7 +163,7 @@ class Proxy:
                 return resumed
             raw = await read_body(request, body, self.policy.max_upload_bytes)
             spec = parse_run_request(request, raw, self.policy, request_id)
-            return await self._start(spec)
+            return await self._start(spec, _base(request))
         except HTTPError as exc:
             return error_response(exc, request_id)
 
@@ -175,7 +179,7 @@ class Proxy:
         try:
             route = self._route(request)
             if route is not None:
-                return SyncProxyResponse(route.status, route.headers, cast(bytes, route.body))
+                return _sync(route)
             pending = self._admit(request)
             if inspect.isawaitable(pending):
                 blocking_portal().call(_resolve, pending)
@@ -185,7 +189,7 @@ class Proxy:
             else:
                 raw = read_body_sync(request, body, self.policy.max_upload_bytes)
                 spec = parse_run_request(request, raw, self.policy, request_id)
-                response = blocking_portal().call(self._start, spec)
+                response = blocking_portal().call(self._start, spec, _base(request))
         except HTTPError as exc:
             response = error_response(exc, request_id)
         if isinstance(response.body, bytes):
@@ -220,6 +224,16 @@ class Proxy:
             return _json_response(
                 200, {"status": "ok", "protocol": PROTOCOL_VERSION, "version": __version__}
             )
+        if path.startswith("/outputs/"):
+            if method not in ("GET", "HEAD"):
+                raise HTTPError(
+                    405,
+                    "method_not_allowed",
+                    f"method {method} not allowed on an output",
+                    headers={"Allow": "GET, HEAD"},
+                )
+            status, headers, content = serve(self.outputs, path, method, request.header("range"))
+            return ProxyResponse(status, headers, content)
         if path in _ASSETS:
             if method not in ("GET", "HEAD"):
                 raise HTTPError(
@@ -282,12 +296,13 @@ class Proxy:
 
     # -- running ------------------------------------------------------------------
 
-    async def _start(self, spec: RunSpec) -> ProxyResponse:
+    async def _start(self, spec: RunSpec, base: str = "") -> ProxyResponse:
         """Submit the run and wait for its first progress, so a refusal is a real HTTP error."""
         policy = self.policy
         stream = self.deployment.run_stream(
             *spec.inputs, parameters=spec.parameters, task=policy.task, timeout=policy.timeout
         )
+        stream = self._by_reference(stream, base)
         try:
             first = await stream.__anext__()
         except StopAsyncIteration:
@@ -314,6 +329,26 @@ class Proxy:
             finish_on_disconnect=policy.finish_on_disconnect,
         )
         return ProxyResponse(200, headers, body)
+
+    async def _by_reference(
+        self, stream: AsyncIterator[Progress], base: str
+    ) -> AsyncIterator[Progress]:
+        """The run's progress, its large outputs replaced by references (`ikproxy.outputs`)."""
+        opener: Opener | None = getattr(self.deployment, "output_body", None)
+        try:
+            async for progress in stream:
+                if progress.results is not None:
+                    results = await by_reference(
+                        progress.results,
+                        self.outputs,
+                        inline_limit=self.policy.inline_output_limit,
+                        base=base,
+                        opener=opener,
+                    )
+                    progress = dataclasses.replace(progress, results=results)
+                yield progress
+        finally:
+            await aclose(stream)
 
     # -- resumable runs -----------------------------------------------------------
 
@@ -357,6 +392,18 @@ class Proxy:
 def _asset(name: str) -> bytes:
     """A file of the package's `static/` folder, read once per process."""
     return resources.files("ikproxy").joinpath("static").joinpath(name).read_bytes()
+
+
+def _sync(response: ProxyResponse) -> SyncProxyResponse:
+    """A response for sync callers: a streamed body is iterated through the portal."""
+    if isinstance(response.body, bytes):
+        return SyncProxyResponse(response.status, response.headers, response.body)
+    return SyncProxyResponse(response.status, response.headers, iterate_in_portal(response.body))
+
+
+def _base(request: ProxyRequest) -> str:
+    """What leads from the run request's URL back to the mount: `""` for `run`, `../` for `run/`."""
+    return "../" * max(0, ("/" + request.path.lstrip("/")).count("/") - 1)
 
 
 async def _resolve(value: Awaitable[None] | None) -> None:
