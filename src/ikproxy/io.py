@@ -194,7 +194,7 @@ def _sniff_with_pillow(data: bytes) -> tuple[str, str] | None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             fmt = image.format
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         return None
     mime = Image.MIME.get(fmt) if fmt else None
     return (fmt, mime) if fmt and mime else None

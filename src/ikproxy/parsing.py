@@ -14,9 +14,10 @@ import json
 from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
 
-from .io import BaseIO, ImageIO
+from .images import verify_image
+from .io import BaseIO
 from .policy import HTTPError, Policy
 from .protocol import NDJSON_MEDIA_TYPE, SSE_MEDIA_TYPE
 from .server import StreamFormat
@@ -116,12 +117,9 @@ def parse_run_request(
     request: ProxyRequest, raw: bytes, policy: Policy, request_id: str
 ) -> RunSpec:
     """The validated parameters, inputs and stream format of a `/run` request."""
-    query_string = request.query_string
-    if isinstance(query_string, bytes):  # only if changed after __post_init__
-        query_string = query_string.decode("latin-1")
-    query = _single_values(parse_qsl(query_string, keep_blank_values=True), "query")
+    query = _single_values(_parse_pairs(request.query_string, "query string"), "query")
     format = negotiate_format(query.pop("format", None), request.header("accept"))
-    inputs: list[BaseIO] = []
+    images: list[bytes] = []
     if request.method.upper() == "GET":
         params, from_text = query, True
     else:
@@ -133,18 +131,14 @@ def parse_run_request(
             )
         content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
         if content_type == "application/json":
-            params, inputs = _parse_json(raw)
+            params, images = _parse_json(raw)
             from_text = False
         elif content_type == "multipart/form-data":
-            fields, files = _parse_multipart(request.header("content-type") or "", raw)
+            fields, images = _parse_multipart(request.header("content-type") or "", raw)
             params, from_text = _single_values(fields, "form"), True
-            inputs = [_image_input(data) for data in files]
         elif content_type == "application/x-www-form-urlencoded":
-            try:
-                pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-            except UnicodeDecodeError:
-                raise HTTPError(400, "bad_request", "form body is not valid UTF-8") from None
-            params, from_text = _single_values(pairs, "form"), True
+            params = _single_values(_parse_pairs(raw, "form body"), "form")
+            from_text = True
         else:
             raise HTTPError(
                 415,
@@ -152,23 +146,47 @@ def parse_run_request(
                 "POST /run takes application/json, multipart/form-data "
                 "or application/x-www-form-urlencoded",
             )
-    if len(inputs) > policy.max_inputs:
+    if len(images) > policy.max_inputs:
         raise HTTPError(
             400,
             "invalid_input",
             f"too many images: at most {policy.max_inputs} per request",
         )
     values = policy.validate(params, from_text=from_text)
+    inputs: list[BaseIO] = [verify_image(data, policy.max_image_pixels) for data in images]
     return RunSpec(values, inputs, format, request_id)
 
 
-def _parse_json(raw: bytes) -> tuple[dict[str, Any], list[BaseIO]]:
+class _Members(dict[str, Any]):
+    """A JSON object's members, with the first name given twice (if any)."""
+
+    duplicate: str | None = None
+
+
+def _members(pairs: list[tuple[str, Any]]) -> _Members:
+    members = _Members(pairs)
+    if len(members) != len(pairs):
+        seen: set[str] = set()
+        members.duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+    return members
+
+
+def _parse_json(raw: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """The members of a JSON object body, and the images it carries (decoded from base64)."""
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw, object_pairs_hook=_members)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise HTTPError(400, "bad_request", "request body is not valid JSON") from None
+    except RecursionError:
+        raise HTTPError(400, "bad_request", "request body is nested too deeply") from None
+    except ValueError:  # an integer beyond sys.get_int_max_str_digits()
+        raise HTTPError(
+            400, "bad_request", "request body holds an integer too long to read"
+        ) from None
     if not isinstance(obj, dict):
         raise HTTPError(400, "bad_request", "request body must be a JSON object")
+    if isinstance(obj, _Members) and obj.duplicate is not None:
+        raise _given_twice(obj.duplicate)
     images = obj.pop("image", None)
     if images is None:
         images = []
@@ -176,7 +194,7 @@ def _parse_json(raw: bytes) -> tuple[dict[str, Any], list[BaseIO]]:
         images = [images]
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         raise HTTPError(400, "invalid_input", "'image' must be a data URL or base64 string")
-    return obj, [_image_input(_decode_image_text(i)) for i in images]
+    return dict(obj), [_decode_image_text(i) for i in images]
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -186,13 +204,43 @@ def _too_large(limit: int) -> HTTPError:
     return HTTPError(413, "payload_too_large", f"request body exceeds {limit} bytes")
 
 
+def _given_twice(name: str) -> HTTPError:
+    return HTTPError(400, "invalid_parameter", f"parameter '{name}' given more than once")
+
+
 def _single_values(pairs: Iterable[tuple[str, str]], where: str) -> dict[str, str]:
     values: dict[str, str] = {}
     for key, value in pairs:
         if key in values:
-            raise HTTPError(400, "invalid_parameter", f"parameter '{key}' given more than once")
+            raise _given_twice(key)
         values[key] = value
     return values
+
+
+def _parse_pairs(text: str | bytes, what: str) -> list[tuple[str, str]]:
+    """`name=value&...` pairs, percent-decoded as strict UTF-8 (never with replacement)."""
+    raw = text if isinstance(text, bytes) else _as_received(text)
+    pairs = []
+    try:
+        for field in raw.split(b"&"):
+            if field:
+                name, _, value = field.partition(b"=")
+                pairs.append((_unquote(name), _unquote(value)))
+    except UnicodeDecodeError:
+        raise HTTPError(400, "bad_request", f"{what} is not valid UTF-8") from None
+    return pairs
+
+
+def _as_received(text: str) -> bytes:
+    """A query string's bytes: servers hand it over decoded as Latin-1."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:  # already decoded as UTF-8 by the framework
+        return text.encode("utf-8")
+
+
+def _unquote(text: bytes) -> str:
+    return unquote_to_bytes(text.replace(b"+", b" ")).decode("utf-8")
 
 
 def negotiate_format(explicit: str | None, accept: str | None) -> StreamFormat:
@@ -217,21 +265,20 @@ def _decode_image_text(text: str) -> bytes:
         raise HTTPError(400, "invalid_input", "'image' is not valid base64") from None
 
 
-def _image_input(data: bytes) -> ImageIO:
-    image = ImageIO.from_bytes(data)
-    if image.format is None:
-        raise HTTPError(415, "unsupported_media_type", "the upload is not a supported image")
-    return image
+#: RFC 2046, section 5.1.1: a boundary is 1 to 70 characters.
+_MAX_BOUNDARY = 70
 
 
 def _parse_multipart(content_type: str, raw: bytes) -> tuple[list[tuple[str, str]], list[bytes]]:
     """Text fields and file contents of a multipart body, in order."""
-    from python_multipart.multipart import MultipartParser, parse_options_header
+    from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
         raise HTTPError(400, "bad_request", "multipart body without a boundary")
+    if len(boundary) > _MAX_BOUNDARY:
+        raise HTTPError(400, "bad_request", "multipart boundary is too long")
     fields: list[tuple[str, str]] = []
     files: list[bytes] = []
     state: dict[str, Any] = {}
@@ -265,22 +312,22 @@ def _parse_multipart(content_type: str, raw: bytes) -> tuple[list[tuple[str, str
             except UnicodeDecodeError:
                 raise HTTPError(400, "bad_request", f"form field '{name}' is not UTF-8") from None
 
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
+    callbacks: Any = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    }
     try:
+        parser = MultipartParser(boundary, callbacks)
         parser.write(raw)
         parser.finalize()
     except HTTPError:
         raise
     except Exception:
         raise HTTPError(400, "bad_request", "malformed multipart body") from None
+    if parser.state != MultipartState.END:  # the closing boundary never came
+        raise HTTPError(400, "bad_request", "multipart body is incomplete")
     return fields, files

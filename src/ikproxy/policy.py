@@ -202,6 +202,7 @@ class Policy:
     * `fixed_parameters`: sent on every run; a browser cannot see or override them.
     * `task`: the deployment task to run (None: its default).
     * `max_inputs`, `max_upload_bytes`: image uploads per request and the request body limit.
+    * `max_image_pixels`: the largest image accepted (width times height; 413 beyond).
     * `authorize(request)`, `rate_limit` / `rate_limit_key(request)`: access hooks, given
       the framework's own request object.
     * `timeout`: a deadline per run in seconds; `keepalive`: the idle interval for
@@ -221,6 +222,7 @@ class Policy:
     task: str | None = None
     max_inputs: int = 1
     max_upload_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
     authorize: Authorize | None = None
     rate_limit: RateLimiter | None = field(default_factory=TokenBucket)
     rate_limit_key: Callable[[Any], MaybeAwaitable[str]] | None = None
@@ -256,6 +258,8 @@ class Policy:
             raise ValueError("inline_output_limit must not be negative")
         if self.max_upload_bytes < 0 or self.max_inputs < 0:
             raise ValueError("max_upload_bytes and max_inputs must not be negative")
+        if self.max_image_pixels < 1:
+            raise ValueError("max_image_pixels must be at least 1")
 
     def validate(self, raw: Mapping[str, Any], *, from_text: bool) -> dict[str, Any]:
         """The browser's parameters checked against the allow-list, plus the fixed ones.
