@@ -12,10 +12,14 @@ from .deployments.local import LocalDeployment, TaskFailed, Update
 from .deployments.scale import Client, SyncClient
 from .errors import (
     AuthenticationFailed,
+    FetchError,
     IkproxyError,
     IncompleteStream,
     InvalidParameter,
     RunTimeout,
+    StorageError,
+    StorageObjectExists,
+    StorageObjectNotFound,
     StreamError,
     UpstreamConnectionError,
     UpstreamError,
@@ -23,13 +27,17 @@ from .errors import (
     UpstreamTimeout,
     WorkflowFailed,
 )
-from .io import BaseIO, ImageIO, StorageObjectIO, TaskIO
+from .fetch import Fetched, fetch_url
+from .io import BaseIO, FileIO, ImageIO, StorageObjectIO, TaskIO
 from .model import Progress, Results, State
 
 __all__ = [
     "AuthenticationFailed",
     "BaseIO",
     "Client",
+    "FetchError",
+    "Fetched",
+    "FileIO",
     "IkproxyError",
     "ImageIO",
     "IncompleteStream",
@@ -39,7 +47,10 @@ __all__ = [
     "Results",
     "RunTimeout",
     "State",
+    "StorageError",
+    "StorageObjectExists",
     "StorageObjectIO",
+    "StorageObjectNotFound",
     "StreamError",
     "SyncClient",
     "TaskFailed",
@@ -51,4 +62,5 @@ __all__ = [
     "UpstreamTimeout",
     "WorkflowFailed",
     "__version__",
+    "fetch_url",
 ]

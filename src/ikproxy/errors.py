@@ -8,10 +8,22 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationFailed",
+    "FetchError",
+    "FetchHTTPError",
+    "FetchNotFound",
+    "FetchOriginNotAllowed",
+    "FetchRefusedAddress",
+    "FetchTimeout",
+    "FetchTooLarge",
+    "FetchTooManyRedirects",
+    "FetchUnsupportedScheme",
     "IkproxyError",
     "IncompleteStream",
     "InvalidParameter",
     "RunTimeout",
+    "StorageError",
+    "StorageObjectExists",
+    "StorageObjectNotFound",
     "StreamError",
     "UpstreamConnectionError",
     "UpstreamError",
@@ -98,3 +110,90 @@ class IncompleteStream(IkproxyError):
     """A stream ended without a terminal `result` or `error` event."""
 
     code = "incomplete_stream"
+
+
+class FetchError(IkproxyError):
+    """A URL input could not be fetched; `reason` says why in one word.
+
+    The message names the URL without its query string or user info, which
+    may hold secrets (presigned URLs, passwords).
+    """
+
+    code = "invalid_input"
+    #: One of `not_found`, `too_large`, `timeout`, `refused_address`,
+    #: `origin_not_allowed`, `unsupported_scheme`, `too_many_redirects`, `http_error`.
+    reason: str = "error"
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        #: The URL (redacted) of the hop that failed.
+        self.url = url
+
+
+class FetchNotFound(FetchError):
+    """The URL answered 404 or 410."""
+
+    reason = "not_found"
+
+
+class FetchTooLarge(FetchError):
+    """The body is larger than the size limit (declared or read)."""
+
+    code = "payload_too_large"
+    reason = "too_large"
+
+
+class FetchTimeout(FetchError, TimeoutError):
+    """The fetch (all hops together) took longer than its timeout."""
+
+    code = "timeout"
+    reason = "timeout"
+
+
+class FetchRefusedAddress(FetchError):
+    """The host resolves to a private, loopback or otherwise non-public address."""
+
+    reason = "refused_address"
+
+
+class FetchOriginNotAllowed(FetchError):
+    """The URL (or a redirect) leads to an origin outside the allowed ones."""
+
+    reason = "origin_not_allowed"
+
+
+class FetchUnsupportedScheme(FetchError):
+    """The URL is not http(s) (nor, where supported, an fsspec protocol)."""
+
+    reason = "unsupported_scheme"
+
+
+class FetchTooManyRedirects(FetchError):
+    """The URL redirected more times than allowed."""
+
+    reason = "too_many_redirects"
+
+
+class FetchHTTPError(FetchError):
+    """The URL answered another HTTP error status, or the connection failed."""
+
+    reason = "http_error"
+
+    def __init__(
+        self, message: str, *, url: str | None = None, status_code: int | None = None
+    ) -> None:
+        super().__init__(message, url=url)
+        self.status_code = status_code
+
+
+class StorageError(UpstreamError):
+    """SCALE storage answered with an error; the message is its `detail`."""
+
+
+class StorageObjectExists(StorageError):
+    """The storage path already holds an object (HTTP 409): overwrite to replace it."""
+
+
+class StorageObjectNotFound(StorageError):
+    """No storage object matches (HTTP 404)."""
