@@ -22,6 +22,7 @@ import secrets
 import shutil
 import tempfile
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from typing import Protocol
 import anyio
 import anyio.to_thread
 
-from .io import BaseIO, ImageIO, RefIO
+from .io import BaseIO, FileIO, ImageIO, RefIO
 from .model import Results
 from .policy import HTTPError
 
@@ -182,6 +183,8 @@ class OutputStore:
         """A new file path in the store's own temporary folder (for files it will own)."""
         if self._dir is None or not self._dir.exists():
             self._dir = Path(tempfile.mkdtemp(prefix="ikproxy-outputs-"))
+            # Removed by `close()`, or when the store is collected, or at exit.
+            weakref.finalize(self, shutil.rmtree, self._dir, True)
         return self._dir / (secrets.token_hex(16) + suffix)
 
     def close(self) -> None:
@@ -280,8 +283,9 @@ async def by_reference(
 ) -> Results:
     """`results` with its large outputs kept in `store` and replaced by `RefIO`s.
 
-    An image over `inline_limit` bytes is served from memory; `opener` picks
-    the body of any other output (a stored one, a file). `base` is prepended
+    An image over `inline_limit` bytes is served from memory, a `FileIO` (a
+    file a local task wrote) from the store's own copy; `opener` picks the
+    body of any other output (a stored one). `base` is prepended
     to the relative URL (`../` for a run requested as `run/`).
     """
     bodies: list[OutputBody | None] = []
@@ -289,6 +293,8 @@ async def by_reference(
         body: OutputBody | None = None
         if opener is not None:
             body = await opener(output, store)
+        if body is None and isinstance(output, FileIO) and not output.is_dir:
+            body = await _file_body(store, output)
         big = inline_limit is not None and _image_size(output) > inline_limit
         if body is None and isinstance(output, ImageIO) and big:
             body = InlineBody(output.to_bytes(), output.mime_type)
@@ -305,6 +311,12 @@ async def by_reference(
         of = output.kind if output.kind in ("image", "storage_object") else "file"
         outputs.append(RefIO(url, of=of, content_type=body.content_type, size=body.size))
     return Results(tuple(outputs), uuid=results.uuid)
+
+
+async def _file_body(store: OutputStore, output: FileIO) -> FileBody:
+    """A file output, kept (linked or copied) for as long as the store keeps it."""
+    path = await own_copy(store, output.path)
+    return FileBody(path, output.content_type, path.stat().st_size, owned=True)
 
 
 def _image_size(output: BaseIO) -> int:

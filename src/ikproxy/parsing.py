@@ -2,8 +2,11 @@
 
 `ProxyRequest` is what every surface hands the core. `read_body` enforces the
 upload limit while reading; `parse_run_request` turns a `/run` request (query
-string, JSON, multipart or urlencoded form) into validated parameters, image
-inputs and a stream format, or raises `HTTPError` with the answer to give.
+string, JSON, multipart or urlencoded form) into validated parameters, inputs
+and a stream format, or raises `HTTPError` with the answer to give.
+`read_run_request` does both, streaming a multipart body: its parts are parsed
+as they arrive, and a file that is not an image (a video, say) goes straight
+to a file in the request's `UploadDir`, never whole in memory.
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ import binascii
 import json
 from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import IO, Any, Union, cast
 from urllib.parse import unquote_to_bytes
 
+import anyio.to_thread
+
 from .images import verify_image
-from .io import BaseIO
+from .io import SNIFF_BYTES, BaseIO, FileIO, sniff_content_type
 from .policy import HTTPError, Policy
 from .protocol import NDJSON_MEDIA_TYPE, SSE_MEDIA_TYPE
 from .server import StreamFormat
+from .uploads import InputURL, UploadDir, accepts, check_input_url, file_suffix, not_accepted
 
 __all__ = [
     "ProxyRequest",
@@ -29,7 +35,15 @@ __all__ = [
     "parse_run_request",
     "read_body",
     "read_body_sync",
+    "read_run_request",
+    "read_run_request_sync",
 ]
+
+#: An input as parsed: image bytes (verified last), a file written to disk, or a URL.
+_Pending = Union[bytes, FileIO, InputURL]
+
+#: The name of the form field (or query parameter) that gives an input as a URL.
+INPUT_URL_FIELD = "image_url"
 
 
 @dataclass
@@ -114,28 +128,34 @@ def read_body_sync(request: ProxyRequest, body: Iterable[bytes] | None, limit: i
 
 
 def parse_run_request(
-    request: ProxyRequest, raw: bytes, policy: Policy, request_id: str
+    request: ProxyRequest,
+    raw: bytes,
+    policy: Policy,
+    request_id: str,
+    uploads: UploadDir | None = None,
 ) -> RunSpec:
-    """The validated parameters, inputs and stream format of a `/run` request."""
-    query = _single_values(_parse_pairs(request.query_string, "query string"), "query")
-    format = negotiate_format(query.pop("format", None), request.header("accept"))
-    images: list[bytes] = []
+    """The validated parameters, inputs and stream format of a `/run` request.
+
+    Without `uploads`, only image files are accepted in a multipart body.
+    """
+    format, query = _query(request)
+    if _is_multipart(request):
+        reader = _MultipartReader(request.header("content-type") or "", policy, uploads)
+        try:
+            reader.feed(raw)
+            reader.flush()
+            fields, files = reader.finish()
+        finally:
+            reader.close()
+        return _spec(_single_values(fields, "form"), True, files, policy, format, request_id)
+    pending: list[_Pending] = []
     if request.method.upper() == "GET":
         params, from_text = query, True
     else:
-        if query:
-            raise HTTPError(
-                400,
-                "invalid_parameter",
-                "a POST takes its parameters in the body, not the query",
-            )
         content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
         if content_type == "application/json":
-            params, images = _parse_json(raw)
+            params, pending = _parse_json(raw, policy)
             from_text = False
-        elif content_type == "multipart/form-data":
-            fields, images = _parse_multipart(request.header("content-type") or "", raw)
-            params, from_text = _single_values(fields, "form"), True
         elif content_type == "application/x-www-form-urlencoded":
             params = _single_values(_parse_pairs(raw, "form body"), "form")
             from_text = True
@@ -146,15 +166,119 @@ def parse_run_request(
                 "POST /run takes application/json, multipart/form-data "
                 "or application/x-www-form-urlencoded",
             )
-    if len(images) > policy.max_inputs:
+    return _spec(params, from_text, pending, policy, format, request_id)
+
+
+async def read_run_request(
+    request: ProxyRequest,
+    body: AsyncIterable[bytes] | None,
+    policy: Policy,
+    request_id: str,
+    uploads: UploadDir,
+) -> RunSpec:
+    """Read and parse a `/run` request; a multipart body is parsed while it is read.
+
+    Files that are not images are written to `uploads` (in a worker thread);
+    the body limit is enforced at the first byte over it (413).
+    """
+    if body is None or not _is_multipart(request):
+        raw = await read_body(request, body, policy.max_upload_bytes)
+        return parse_run_request(request, raw, policy, request_id, uploads)
+    format, _ = _query(request)
+    limit = _expected_length(request, policy.max_upload_bytes)
+    reader = _MultipartReader(request.header("content-type") or "", policy, uploads)
+    try:
+        size = 0
+        async for chunk in body:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            reader.feed(chunk)
+            if reader.buffered >= _FLUSH_BYTES:
+                await anyio.to_thread.run_sync(reader.flush)
+        await anyio.to_thread.run_sync(reader.flush)
+        fields, pending = reader.finish()
+    finally:
+        reader.close()
+    return _spec(_single_values(fields, "form"), True, pending, policy, format, request_id)
+
+
+def read_run_request_sync(
+    request: ProxyRequest,
+    body: Iterable[bytes] | None,
+    policy: Policy,
+    request_id: str,
+    uploads: UploadDir,
+) -> RunSpec:
+    """`read_run_request` for sync (WSGI) bodies."""
+    if body is None or not _is_multipart(request):
+        raw = read_body_sync(request, body, policy.max_upload_bytes)
+        return parse_run_request(request, raw, policy, request_id, uploads)
+    format, _ = _query(request)
+    limit = _expected_length(request, policy.max_upload_bytes)
+    reader = _MultipartReader(request.header("content-type") or "", policy, uploads)
+    try:
+        size = 0
+        for chunk in body:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            reader.feed(chunk)
+            if reader.buffered >= _FLUSH_BYTES:
+                reader.flush()
+        reader.flush()
+        fields, pending = reader.finish()
+    finally:
+        reader.close()
+    return _spec(_single_values(fields, "form"), True, pending, policy, format, request_id)
+
+
+def _is_multipart(request: ProxyRequest) -> bool:
+    content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
+    return request.method.upper() != "GET" and content_type == "multipart/form-data"
+
+
+def _query(request: ProxyRequest) -> tuple[StreamFormat, dict[str, str]]:
+    """The stream format and the query parameters (none allowed on a POST)."""
+    query = _single_values(_parse_pairs(request.query_string, "query string"), "query")
+    format = negotiate_format(query.pop("format", None), request.header("accept"))
+    if query and request.method.upper() != "GET":
         raise HTTPError(
             400,
-            "invalid_input",
-            f"too many images: at most {policy.max_inputs} per request",
+            "invalid_parameter",
+            "a POST takes its parameters in the body, not the query",
         )
+    return format, query
+
+
+def _spec(
+    params: dict[str, Any],
+    from_text: bool,
+    pending: list[_Pending],
+    policy: Policy,
+    format: StreamFormat,
+    request_id: str,
+) -> RunSpec:
+    """The run spec: parameters validated, then images verified (the costly part) last."""
+    url = params.pop(INPUT_URL_FIELD, None) if from_text else None
+    if url is not None:
+        pending.append(check_input_url(url, policy))
+    if len(pending) > policy.max_inputs:
+        raise _too_many_inputs(policy)
     values = policy.validate(params, from_text=from_text)
-    inputs: list[BaseIO] = [verify_image(data, policy.max_image_pixels) for data in images]
+    inputs: list[BaseIO] = [
+        verify_image(item, policy.max_image_pixels) if isinstance(item, bytes) else item
+        for item in pending
+    ]
     return RunSpec(values, inputs, format, request_id)
+
+
+def _too_many_inputs(policy: Policy) -> HTTPError:
+    return HTTPError(
+        400,
+        "invalid_input",
+        f"too many images: at most {policy.max_inputs} per request",
+    )
 
 
 class _Members(dict[str, Any]):
@@ -171,8 +295,8 @@ def _members(pairs: list[tuple[str, Any]]) -> _Members:
     return members
 
 
-def _parse_json(raw: bytes) -> tuple[dict[str, Any], list[bytes]]:
-    """The members of a JSON object body, and the images it carries (decoded from base64)."""
+def _parse_json(raw: bytes, policy: Policy) -> tuple[dict[str, Any], list[_Pending]]:
+    """The members of a JSON object body, and the images (or image URLs) it carries."""
     try:
         obj = json.loads(raw, object_pairs_hook=_members)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -194,7 +318,16 @@ def _parse_json(raw: bytes) -> tuple[dict[str, Any], list[bytes]]:
         images = [images]
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         raise HTTPError(400, "invalid_input", "'image' must be a data URL or base64 string")
-    return dict(obj), [_decode_image_text(i) for i in images]
+    if len(images) > policy.max_inputs:
+        raise _too_many_inputs(policy)
+    pending: list[_Pending] = [
+        check_input_url(i, policy) if _is_url(i) else _decode_image_text(i) for i in images
+    ]
+    return dict(obj), pending
+
+
+def _is_url(text: str) -> bool:
+    return text[:8].lower().startswith(("http://", "https://"))
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -269,65 +402,168 @@ def _decode_image_text(text: str) -> bytes:
 _MAX_BOUNDARY = 70
 
 
-def _parse_multipart(content_type: str, raw: bytes) -> tuple[list[tuple[str, str]], list[bytes]]:
-    """Text fields and file contents of a multipart body, in order."""
-    from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+#: File bytes are written to disk in pieces of about this size (in a worker thread).
+_FLUSH_BYTES = 1024 * 1024
 
-    _, options = parse_options_header(content_type)
-    boundary = options.get(b"boundary")
-    if not boundary:
-        raise HTTPError(400, "bad_request", "multipart body without a boundary")
-    if len(boundary) > _MAX_BOUNDARY:
-        raise HTTPError(400, "bad_request", "multipart boundary is too long")
-    fields: list[tuple[str, str]] = []
-    files: list[bytes] = []
-    state: dict[str, Any] = {}
 
-    def on_part_begin() -> None:
-        state.update(headers={}, field=b"", value=b"", data=[])
+class _MultipartReader:
+    """python-multipart's streaming parser, fed chunk by chunk.
 
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] += data[start:end]
+    Text fields are kept; a file part is typed on its first bytes (magic
+    numbers) against `policy.accept` as soon as they are in, so a refused
+    type stops the upload there. An image is kept in memory (it is verified
+    and sent inline); any other accepted file is written to `uploads`.
+    """
 
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
+    def __init__(self, content_type: str, policy: Policy, uploads: UploadDir | None) -> None:
+        from python_multipart.multipart import MultipartParser, parse_options_header
 
-    def on_header_end() -> None:
-        state["headers"][state["field"].lower()] = state["value"]
-        state.update(field=b"", value=b"")
+        _, options = parse_options_header(content_type)
+        boundary = options.get(b"boundary")
+        if not boundary:
+            raise HTTPError(400, "bad_request", "multipart body without a boundary")
+        if len(boundary) > _MAX_BOUNDARY:
+            raise HTTPError(400, "bad_request", "multipart boundary is too long")
+        self.policy = policy
+        self.uploads = uploads
+        self.fields: list[tuple[str, str]] = []
+        self.inputs: list[_Pending] = []
+        self.buffered = 0
+        self._headers: dict[bytes, bytes] = {}
+        self._field = b""
+        self._value = b""
+        self._data: list[bytes] = []
+        self._is_file = False
+        self._head = b""
+        self._type: str | None = None  # the file part's sniffed type, once known
+        self._file: IO[bytes] | None = None
+        self._path: FileIO | None = None
+        callbacks: Any = {
+            "on_part_begin": self._on_part_begin,
+            "on_header_field": self._on_header_field,
+            "on_header_value": self._on_header_value,
+            "on_header_end": self._on_header_end,
+            "on_headers_finished": self._on_headers_finished,
+            "on_part_data": self._on_part_data,
+            "on_part_end": self._on_part_end,
+        }
+        try:
+            self._parser = MultipartParser(boundary, callbacks)
+        except Exception:
+            raise HTTPError(400, "bad_request", "malformed multipart body") from None
 
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        state["data"].append(data[start:end])
+    # -- feeding ------------------------------------------------------------------
 
-    def on_part_end() -> None:
-        disposition = state["headers"].get(b"content-disposition", b"")
-        _, params = parse_options_header(disposition)
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self._parser.write(chunk)
+        except HTTPError:
+            raise
+        except Exception:
+            raise HTTPError(400, "bad_request", "malformed multipart body") from None
+
+    def flush(self) -> None:
+        """Write the file bytes parsed so far to the current file (blocking)."""
+        if self._file is not None and self._data:
+            self._file.write(b"".join(self._data))
+        if self._file is not None:
+            self._data = []
+        self.buffered = 0
+
+    def finish(self) -> tuple[list[tuple[str, str]], list[_Pending]]:
+        """The text fields and the inputs, once the whole body was fed."""
+        from python_multipart.multipart import MultipartState
+
+        try:
+            self._parser.finalize()
+        except HTTPError:
+            raise
+        except Exception:
+            raise HTTPError(400, "bad_request", "malformed multipart body") from None
+        if self._parser.state != MultipartState.END:  # the closing boundary never came
+            raise HTTPError(400, "bad_request", "multipart body is incomplete")
+        return self.fields, self.inputs
+
+    def close(self) -> None:
+        """Close the file being written, if any (the caller removes the folder)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    # -- parser callbacks -------------------------------------------------------------
+
+    def _on_part_begin(self) -> None:
+        self._headers = {}
+        self._field = self._value = self._head = b""
+        self._data = []
+        self._type = None
+        self._is_file = False
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field = self._value = b""
+
+    def _on_headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._is_file = b"filename" in params
+        if self._is_file and len(self.inputs) >= self.policy.max_inputs:
+            raise _too_many_inputs(self.policy)
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        piece = data[start:end]
+        if self._is_file and self._type is None:
+            self._head += piece
+            if len(self._head) >= SNIFF_BYTES:
+                self._decide()
+            return
+        self._data.append(piece)
+        if self._file is not None:
+            self.buffered += len(piece)
+
+    def _on_part_end(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        if self._is_file:
+            if self._type is None:
+                self._decide()
+            if self._file is not None:
+                self.flush()
+                self.close()
+                assert self._path is not None
+                self.inputs.append(self._path)
+                self._path = None
+            else:
+                self.inputs.append(b"".join(self._data))
+            self._data = []
+            return
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = params.get(b"name", b"").decode("utf-8", "replace")
-        content = b"".join(state["data"])
-        if b"filename" in params:
-            files.append(content)
-        else:
-            try:
-                fields.append((name, content.decode("utf-8")))
-            except UnicodeDecodeError:
-                raise HTTPError(400, "bad_request", f"form field '{name}' is not UTF-8") from None
+        try:
+            self.fields.append((name, b"".join(self._data).decode("utf-8")))
+        except UnicodeDecodeError:
+            raise HTTPError(400, "bad_request", f"form field '{name}' is not UTF-8") from None
 
-    callbacks: Any = {
-        "on_part_begin": on_part_begin,
-        "on_header_field": on_header_field,
-        "on_header_value": on_header_value,
-        "on_header_end": on_header_end,
-        "on_part_data": on_part_data,
-        "on_part_end": on_part_end,
-    }
-    try:
-        parser = MultipartParser(boundary, callbacks)
-        parser.write(raw)
-        parser.finalize()
-    except HTTPError:
-        raise
-    except Exception:
-        raise HTTPError(400, "bad_request", "malformed multipart body") from None
-    if parser.state != MultipartState.END:  # the closing boundary never came
-        raise HTTPError(400, "bad_request", "multipart body is incomplete")
-    return fields, files
+    def _decide(self) -> None:
+        """Type the file part from its first bytes: refuse it, keep it in memory, or spool it."""
+        content_type = sniff_content_type(self._head) or "application/octet-stream"
+        if not accepts(self.policy.accept, content_type):
+            raise not_accepted(content_type, self.policy.accept)
+        self._type = content_type
+        head, self._head = self._head, b""
+        self._data = [head]
+        if content_type.startswith("image/"):
+            return
+        if self.uploads is None:
+            raise not_accepted(content_type, self.policy.accept)
+        path = self.uploads.new_file(file_suffix(content_type))
+        self._file = path.open("xb")
+        self._path = FileIO(path, content_type=content_type)
+        self.buffered = len(head)

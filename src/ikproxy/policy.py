@@ -210,6 +210,17 @@ class Policy:
     * `resume_window`: make runs resumable (see `ikproxy.runs`): a run goes on without
       its client for this many seconds, and a reconnecting client resumes it from its
       `Last-Event-ID`.
+    * `accept`: the media types a browser may upload (`"image/*"`, `"video/mp4"`,
+      `"video/*"`, `"*/*"`), checked on the bytes' magic numbers. Images are verified
+      and sent inline; anything else is written to a temporary file and reaches the
+      deployment as a `FileIO` (SCALE storage, or a path for a local task). The
+      `max_upload_bytes` limit applies to the whole body: raise it for videos.
+    * `allow_input_urls`: the origins (`"https://images.example.com"`) from which a
+      browser may give an input as a URL (`{"image": "https://..."}`, or an
+      `image_url` field); none by default. The proxy fetches it within
+      `max_upload_bytes` and `input_url_timeout` seconds, never from a private,
+      loopback or link-local address unless `allow_private_input_urls`, and checks
+      every redirect the same way.
     * `inline_output_limit`: an image output larger than this many bytes reaches the
       browser by reference (a URL under the proxy's mount, see `ikproxy.outputs`),
       as stored outputs always do; None inlines every image. `output_window`: how
@@ -231,6 +242,10 @@ class Policy:
     retry_ms: int | None = 3000
     finish_on_disconnect: bool = False
     resume_window: float | None = None
+    accept: Sequence[str] = ("image/*",)
+    allow_input_urls: Sequence[str] = ()
+    allow_private_input_urls: bool = False
+    input_url_timeout: float = 30.0
     inline_output_limit: int | None = 1_000_000
     output_window: float = 300.0
     presigned_outputs: bool = False
@@ -252,6 +267,8 @@ class Policy:
             raise ValueError("keepalive must be a positive number of seconds")
         if self.resume_window is not None and self.resume_window <= 0:
             raise ValueError("resume_window must be a positive number of seconds")
+        if isinstance(self.accept, str) or isinstance(self.allow_input_urls, str):
+            raise TypeError("accept and allow_input_urls take a list of strings")
         if self.output_window <= 0:
             raise ValueError("output_window must be a positive number of seconds")
         if self.inline_output_limit is not None and self.inline_output_limit < 0:

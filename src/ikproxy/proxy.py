@@ -32,9 +32,8 @@ from .parsing import (
     ProxyRequest,
     RunSpec,
     negotiate_format,
-    parse_run_request,
-    read_body,
-    read_body_sync,
+    read_run_request,
+    read_run_request_sync,
 )
 from .policy import HTTPError, Policy, RateLimiter
 from .protocol import (
@@ -55,6 +54,7 @@ from .server import (
     stream_headers,
     to_readable_stream,
 )
+from .uploads import UploadDir, resolve_inputs
 
 __all__ = [
     "METHODS",
@@ -161,9 +161,14 @@ class Proxy:
             resumed = self._resume(request, request_id)
             if resumed is not None:
                 return resumed
-            raw = await read_body(request, body, self.policy.max_upload_bytes)
-            spec = parse_run_request(request, raw, self.policy, request_id)
-            return await self._start(spec, _base(request))
+            uploads = UploadDir()
+            try:
+                spec = await read_run_request(request, body, self.policy, request_id, uploads)
+                await resolve_inputs(spec.inputs, self.policy, uploads)
+                return await self._start(spec, _base(request), uploads)
+            except BaseException:
+                uploads.close()
+                raise
         except HTTPError as exc:
             return error_response(exc, request_id)
 
@@ -187,9 +192,14 @@ class Proxy:
             if resumed is not None:
                 response = resumed
             else:
-                raw = read_body_sync(request, body, self.policy.max_upload_bytes)
-                spec = parse_run_request(request, raw, self.policy, request_id)
-                response = blocking_portal().call(self._start, spec, _base(request))
+                uploads = UploadDir()
+                try:
+                    spec = read_run_request_sync(request, body, self.policy, request_id, uploads)
+                    blocking_portal().call(resolve_inputs, spec.inputs, self.policy, uploads)
+                    response = blocking_portal().call(self._start, spec, _base(request), uploads)
+                except BaseException:
+                    uploads.close()
+                    raise
         except HTTPError as exc:
             response = error_response(exc, request_id)
         if isinstance(response.body, bytes):
@@ -296,13 +306,18 @@ class Proxy:
 
     # -- running ------------------------------------------------------------------
 
-    async def _start(self, spec: RunSpec, base: str = "") -> ProxyResponse:
-        """Submit the run and wait for its first progress, so a refusal is a real HTTP error."""
+    async def _start(
+        self, spec: RunSpec, base: str = "", uploads: UploadDir | None = None
+    ) -> ProxyResponse:
+        """Submit the run and wait for its first progress, so a refusal is a real HTTP error.
+
+        The run owns `uploads` (its files): they are removed when its stream ends.
+        """
         policy = self.policy
         stream = self.deployment.run_stream(
             *spec.inputs, parameters=spec.parameters, task=policy.task, timeout=policy.timeout
         )
-        stream = self._by_reference(stream, base)
+        stream = self._by_reference(stream, base, uploads)
         try:
             first = await stream.__anext__()
         except StopAsyncIteration:
@@ -331,9 +346,13 @@ class Proxy:
         return ProxyResponse(200, headers, body)
 
     async def _by_reference(
-        self, stream: AsyncIterator[Progress], base: str
+        self, stream: AsyncIterator[Progress], base: str, uploads: UploadDir | None
     ) -> AsyncIterator[Progress]:
-        """The run's progress, its large outputs replaced by references (`ikproxy.outputs`)."""
+        """The run's progress, its large outputs replaced by references (`ikproxy.outputs`).
+
+        Whatever ends the run (its end, a failure, a client gone), its uploaded
+        files are removed then.
+        """
         opener: Opener | None = getattr(self.deployment, "output_body", None)
         try:
             async for progress in stream:
@@ -348,7 +367,11 @@ class Proxy:
                     progress = dataclasses.replace(progress, results=results)
                 yield progress
         finally:
-            await aclose(stream)
+            try:
+                await aclose(stream)
+            finally:
+                if uploads is not None:
+                    uploads.close()
 
     # -- resumable runs -----------------------------------------------------------
 
