@@ -19,6 +19,7 @@ __all__ = [
     "FetchUnsupportedScheme",
     "IkproxyError",
     "IncompleteStream",
+    "InvalidInput",
     "InvalidParameter",
     "RunTimeout",
     "StorageError",
@@ -44,6 +45,12 @@ class InvalidParameter(IkproxyError, ValueError):
     """A run request names a parameter, task or input the deployment does not have."""
 
     code = "invalid_parameter"
+
+
+class InvalidInput(InvalidParameter):
+    """A run input cannot be sent: unreadable, or of a type the workflow input does not take."""
+
+    code = "invalid_input"
 
 
 class RunTimeout(IkproxyError, TimeoutError):

@@ -309,8 +309,8 @@ class FileIO(BaseIO):
 
     `path` is read when the run starts, streamed from disk (never whole in
     memory); a folder is zipped to a temporary file first. `content_type`
-    overrides the type sniffed from the file's first bytes (a folder is
-    `inode/directory`, sent as `application/zip`); `data_type` (`"image"`,
+    overrides the type found from the name or the bytes (see `content_type`;
+    a folder is sent as `application/zip`); `data_type` (`"image"`,
     `"video"`, `"file_path"` or `"folder_path"`) overrides the type inferred
     from the workflow's input; `filename` is the name shown for it (the
     path's own name by default). On the wire it becomes a
@@ -347,14 +347,19 @@ class FileIO(BaseIO):
 
     @property
     def content_type(self) -> str:
-        """The given content type, else `inode/directory` for a folder, else sniffed."""
+        """The given content type; else `inode/directory` for a folder; else, as the
+        official client, the type its name's extension implies; else sniffed from
+        its first bytes; else `application/octet-stream`."""
         if self._content_type:
             return self._content_type
         if self.is_dir:
             return "inode/directory"
+        guessed = _guess_type(self.filename)
+        if guessed is not None and guessed != "application/octet-stream":
+            return guessed
         with self.path.open("rb") as file:
             head = file.read(SNIFF_BYTES)
-        return sniff_content_type(head) or _guess_type(self.path.name)
+        return sniff_content_type(head) or "application/octet-stream"
 
     def to_json(self) -> dict[str, Any]:
         raise TypeError(
@@ -378,11 +383,11 @@ class FileIO(BaseIO):
         return f"FileIO({str(self.path)!r}, data_type={self.data_type!r})"
 
 
-def _guess_type(name: str) -> str:
+def _guess_type(name: str) -> str | None:
     import mimetypes
 
     guessed, _ = mimetypes.guess_type(name)
-    return guessed or "application/octet-stream"
+    return guessed
 
 
 def io_from_json(obj: Any) -> BaseIO:

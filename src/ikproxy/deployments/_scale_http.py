@@ -168,12 +168,37 @@ class ScaleHTTP:
             headers={"Authorization": f"Bearer {jwt}"},
         )
 
+    async def authorised(
+        self, method: str, url: str, what: str, peer: str, *, stream: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """Send one request with the Bearer JWT (to SCALE storage); the response, any status.
+
+        A 401 renews the JWT once and sends the request again (a file body is
+        read again from its start). With `stream`, the caller closes the response.
+        """
+        headers = dict(kwargs.pop("headers", None) or {})
+        jwt = await self.jwt()
+        headers["Authorization"] = f"Bearer {jwt}"
+        response = await self._send(
+            method, url, what, peer, stream=stream, headers=headers, **kwargs
+        )
+        if response.status_code == 401:
+            await response.aclose()
+            logger.debug("%s: HTTP 401, renewing the JWT and retrying once", what)
+            headers["Authorization"] = f"Bearer {await self.jwt(stale=jwt)}"
+            response = await self._send(
+                method, url, what, peer, stream=stream, headers=headers, **kwargs
+            )
+        return response
+
     async def _send(
-        self, method: str, url: str, what: str, peer: str, **kwargs: Any
+        self, method: str, url: str, what: str, peer: str, *, stream: bool = False, **kwargs: Any
     ) -> httpx.Response:
         started = time.monotonic()
         try:
-            response = await self._http().request(method, url, **kwargs)
+            client = self._http()
+            request = client.build_request(method, url, **kwargs)
+            response = await client.send(request, stream=stream)
         except httpx.TimeoutException as exc:
             logger.debug(
                 "%s: %s after %.3f s", what, type(exc).__name__, time.monotonic() - started

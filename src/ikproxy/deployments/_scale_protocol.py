@@ -12,17 +12,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
-from ..errors import InvalidParameter, UpstreamError, WorkflowFailed
+from ..errors import InvalidInput, InvalidParameter, UpstreamError, WorkflowFailed
 from ..io import BaseIO, io_from_json
 from ..model import Eta, State, parse_eta
 
 __all__ = [
     "MAX_POLLS",
+    "STORED_DATA_TYPES",
     "Answer",
     "OutputSpec",
     "Task",
     "Workflow",
     "encode_parameters",
+    "infer_data_type",
     "parse_poll_answer",
     "parse_run_answer",
     "run_body",
@@ -63,9 +65,17 @@ class Task:
 class Workflow:
     """The parts of `GET /workflow` a run needs: tasks, their parameters, final tasks."""
 
-    def __init__(self, tasks: Sequence[Task], final_ids: Sequence[int]) -> None:
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        final_ids: Sequence[int],
+        input_types: Sequence[str | None] = (),
+    ) -> None:
         self.tasks = tuple(tasks)
         self.final_ids = tuple(final_ids)
+        #: The data type of each workflow input, in order (`"image"`, `"video"`,
+        #: `"file_path"`, `"folder_path"`, ...), None where the workflow says nothing.
+        self.input_types = tuple(input_types)
 
     @classmethod
     def from_json(cls, obj: Any) -> Workflow:
@@ -91,9 +101,16 @@ class Workflow:
             outputs = len(data.get("outputs") or ())
             tasks.append(Task(task_id, name, seen.get(name, 0), parameters, outputs))
             seen[name] = seen.get(name, 0) + 1
-        sources = {c["source_id"] for c in obj.get("connections") or ()}
+        connections = obj.get("connections") or ()
+        sources = {c["source_id"] for c in connections}
         finals = [t.task_id for t in tasks if t.task_id not in sources]
-        return cls(tasks, finals)
+        inputs_of = {raw["task_id"]: raw["task_data"].get("inputs") or () for raw in obj["tasks"]}
+        input_types = [
+            _input_type(inputs_of.get(c["target_id"], ()), c.get("target_index"))
+            for c in connections
+            if c["source_id"] == -1
+        ]
+        return cls(tasks, finals, input_types)
 
     def resolve(self, task: str | None = None, task_index: int | None = None) -> Task:
         """The task a run targets: by name and rank, or the first final task."""
@@ -168,6 +185,16 @@ def _output(task: Task, output_index: int | None) -> dict[str, Any]:
     return entry
 
 
+def _input_type(inputs: Sequence[Any], index: Any) -> str | None:
+    """`IODataType.VIDEO` -> `"video"`; None when the workflow does not say."""
+    if not _is_int(index) or not 0 <= index < len(inputs) or not isinstance(inputs[index], Mapping):
+        return None
+    name = inputs[index].get("name")
+    if not isinstance(name, str):
+        return None
+    return name.removeprefix("IODataType.").lower()
+
+
 def _name_of(parameter: Any) -> str:
     name = parameter["name"]
     if not isinstance(name, str):
@@ -240,6 +267,62 @@ def run_body(
         "outputs": outputs,
         "parameters": body_parameters,
     }
+
+
+# -- inputs -------------------------------------------------------------------
+
+STORED_DATA_TYPES = frozenset({"video", "file_path", "folder_path"})
+"""Data types always sent through storage (an image goes inline unless asked otherwise)."""
+
+
+def infer_data_type(
+    *,
+    is_directory: bool,
+    content_type: str,
+    data_type: str | None = None,
+    workflow_type: str | None = None,
+) -> tuple[str, str]:
+    """The `(data_type, content type to upload)` of a file or folder input.
+
+    The official client's rule: an explicit `data_type` wins (a folder only
+    accepts `folder_path`); else the workflow's input type decides (an image
+    input also takes a video); else the content type (image/*, video/*, any
+    other file, a folder). A folder is uploaded zipped (`application/zip`).
+    `InvalidInput` when nothing matches, naming both sides.
+    """
+    if is_directory:
+        content_type = ""
+    if data_type is not None:
+        if not is_directory:
+            return data_type, content_type
+        if data_type == "folder_path":
+            return "folder_path", "application/zip"
+        raise InvalidInput(
+            f"a folder can only be sent as data_type 'folder_path', not {data_type!r}"
+        )
+    is_image = content_type.startswith("image/")
+    is_video = content_type.startswith("video/")
+    if workflow_type is None:
+        if is_directory:
+            return "folder_path", "application/zip"
+        if is_image:
+            return "image", content_type
+        if is_video:
+            return "video", content_type
+        return "file_path", content_type
+    if workflow_type == "image" and (is_image or is_video):
+        return ("image" if is_image else "video"), content_type
+    if workflow_type == "video" and is_video:
+        return "video", content_type
+    if workflow_type == "file_path" and not is_directory:
+        return "file_path", content_type
+    if workflow_type == "folder_path" and (is_directory or content_type == "application/zip"):
+        return "folder_path", "application/zip"
+    what = "a folder" if is_directory else f"a file of type {content_type!r}"
+    raise InvalidInput(
+        f"cannot send {what} to a workflow input of type {workflow_type!r}; "
+        "pass data_type= (FileIO) to choose explicitly"
+    )
 
 
 # -- answers ------------------------------------------------------------------

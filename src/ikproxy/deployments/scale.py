@@ -37,9 +37,11 @@ from ..errors import (
     UpstreamHTTPError,
     UpstreamTimeout,
 )
-from ..io import InputLike, as_inputs
+from ..io import InputLike
 from ..model import Progress, Results
+from ..storage import DEFAULT_SCALEFS_URL, Storage, SyncStorage
 from ._scale_http import USER_AGENT, ScaleHTTP
+from ._scale_inputs import InputOptions, prepare_inputs
 from ._scale_protocol import (
     MAX_POLLS,
     Answer,
@@ -72,6 +74,12 @@ DEFAULT_API_URL = "https://scale.ikomia.ai"
 DEFAULT_HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 """Per request; a long poll is held open by the deployment well within it."""
 
+DEFAULT_MAX_INPUT_BYTES = 2 * 1024**3
+"""The largest URL input fetched (2 GiB): it goes to a temporary file, never to memory."""
+
+DEFAULT_FETCH_TIMEOUT = 300.0
+"""Seconds a URL input may take to download, redirects included."""
+
 RETRIED_STATUSES = frozenset({502, 503, 504})
 """Poll answers that mean "try again": a gateway or an overloaded deployment."""
 
@@ -91,6 +99,12 @@ class Client:
     twice. `poll_schedule(n)` gives the seconds to wait before poll `n` when the
     deployment gives no advice.
 
+    SCALE storage (for video, file and folder inputs, and `storage`) is at
+    `scalefs_url`, else `IKOMIA_SCALEFS_URL`, else `https://scalefs.ikomia.ai`.
+    URL inputs are fetched by this process: at most `max_input_bytes`, within
+    `fetch_timeout` seconds; `allow_private_urls` (default True: the
+    application chose its inputs) lets them reach private addresses.
+
     One pooled HTTP connection set per client, opened on first use: share a
     client between runs, within one event loop, and close it with `aclose()` or
     `async with`.
@@ -102,12 +116,16 @@ class Client:
         token: str | None = None,
         *,
         api_url: str | None = None,
+        scalefs_url: str | None = None,
         timeout: float | None = None,
         http_timeout: httpx.Timeout | float = DEFAULT_HTTP_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
         max_retries: int = 3,
         retry_backoff: float = 0.5,
         poll_schedule: Callable[[int], float] = scale_poll_schedule,
+        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+        fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
+        allow_private_urls: bool = True,
     ) -> None:
         token = token if token is not None else os.environ.get("IKOMIA_TOKEN")
         if not token:
@@ -115,9 +133,19 @@ class Client:
                 "no SCALE API token: pass token= or set the IKOMIA_TOKEN environment variable"
             )
         api_url = api_url if api_url is not None else os.environ.get("IKOMIA_URL", DEFAULT_API_URL)
+        if scalefs_url is None:
+            scalefs_url = os.environ.get("IKOMIA_SCALEFS_URL", DEFAULT_SCALEFS_URL)
         _check_url(url, "url")
         _check_url(api_url, "api_url")
+        _check_url(scalefs_url, "scalefs_url")
         _check_timeout(timeout)
+        _check_timeout(fetch_timeout)
+        if (
+            isinstance(max_input_bytes, bool)
+            or not isinstance(max_input_bytes, int)
+            or (max_input_bytes < 1)
+        ):
+            raise ValueError(f"max_input_bytes must be an integer >= 1, not {max_input_bytes!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an integer >= 0, not {max_retries!r}")
         if not (retry_backoff >= 0 and math.isfinite(retry_backoff)):
@@ -133,6 +161,9 @@ class Client:
         self._http = ScaleHTTP(url, api_url, token, timeout=http_timeout, transport=transport)
         self._workflow: Workflow | None = None
         self._workflow_lock = anyio.Lock()
+        self._inputs = InputOptions(max_input_bytes, fetch_timeout, allow_private_urls)
+        #: SCALE storage, with this client's JWT and connections.
+        self.storage = Storage(self._http, scalefs_url)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} for a SCALE deployment>"  # no URL, no token
@@ -157,6 +188,8 @@ class Client:
         task_index: int | None = None,
         outputs: Sequence[OutputSpec] | None = None,
         timeout: float | None = None,
+        save_temporary: bool = False,
+        store_outputs: bool = False,
     ) -> Results:
         """Run the deployment and return its results (see `run_stream`)."""
         stream = self.run_stream(
@@ -166,6 +199,8 @@ class Client:
             task_index=task_index,
             outputs=outputs,
             timeout=timeout,
+            save_temporary=save_temporary,
+            store_outputs=store_outputs,
         )
         async with aclosing(stream):
             async for progress in stream:
@@ -181,18 +216,28 @@ class Client:
         task_index: int | None = None,
         outputs: Sequence[OutputSpec] | None = None,
         timeout: float | None = None,
+        save_temporary: bool = False,
+        store_outputs: bool = False,
     ) -> AsyncGenerator[Progress, None]:
         """Run the deployment, yielding its progress; the last item carries the results.
 
-        `inputs`: paths, image bytes, PIL images, `ImageIO`s, a previous `Results`
-        (to chain runs) or raw one-key wire dicts. `parameters` go to the run's
-        task, checked against the workflow (`InvalidParameter` names the valid
-        ones) and sent as strings (bools as "true"/"false"). `task` picks a task by
-        name, `task_index` among several of that name (default: the workflow's
-        first final task). `outputs` lists what to return: output indexes of the
-        task, task names (all their outputs) or `(task name, output index)` pairs;
-        by default all outputs of the task. `timeout` overrides the client's
-        overall deadline (`RunTimeout`).
+        `inputs`: paths (files or folders), URLs (`https://...`, or any fsspec
+        URL with `ikproxy[fsspec]`), `FileIO`s, image bytes, PIL images,
+        `ImageIO`s, a previous `Results` (to chain runs) or raw one-key wire
+        dicts. Images go inline; videos, other files and folders (zipped) are
+        uploaded to SCALE storage first and sent as `storage_object`s, their
+        data type taken from the workflow's input (as the official client;
+        `FileIO(data_type=...)` overrides it). `save_temporary` sends every
+        file and image input through storage; `store_outputs` asks the
+        deployment to keep the outputs there (they come back as
+        `StorageObjectIO`s: read them with `client.storage.read`).
+
+        `parameters` go to the run's task, checked against the workflow (`InvalidParameter`
+        names the valid ones) and sent as strings (bools as "true"/"false"). `task` picks a
+        task by name, `task_index` among several of that name (default: the workflow's first
+        final task). `outputs` lists what to return: output indexes of the task, task names
+        (all their outputs) or `(task name, output index)` pairs; by default all outputs of
+        the task. `timeout` overrides the client's overall deadline (`RunTimeout`).
 
         The first item comes once the deployment accepted the run, so a refusal
         raises from the first `__anext__()`. Closing the generator stops polling.
@@ -203,15 +248,21 @@ class Client:
         limit = _Limit(deadline, timeout)
         run_id = uuid_module.uuid4().hex
 
-        values = as_inputs(*inputs)
         workflow = await limit.run(self._get_workflow)
         target = workflow.resolve(task, task_index)
-        body = run_body(
-            values,
-            workflow.outputs(target, outputs),
-            target,
-            encode_parameters(target, parameters),
+        wanted = workflow.outputs(target, outputs)
+        encoded = encode_parameters(target, parameters)
+        values = await limit.run(
+            prepare_inputs,
+            inputs,
+            workflow=workflow,
+            storage=self.storage,
+            options=self._inputs,
+            save_temporary=save_temporary,
         )
+        if store_outputs:
+            wanted = [entry | {"save_temporary": True} for entry in wanted]
+        body = run_body(values, wanted, target, encoded)
         _, raw = await limit.run(
             self._http.request,
             "PUT",
@@ -303,28 +354,38 @@ class SyncClient:
         token: str | None = None,
         *,
         api_url: str | None = None,
+        scalefs_url: str | None = None,
         timeout: float | None = None,
         http_timeout: httpx.Timeout | float = DEFAULT_HTTP_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
         max_retries: int = 3,
         retry_backoff: float = 0.5,
         poll_schedule: Callable[[int], float] = scale_poll_schedule,
+        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+        fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
+        allow_private_urls: bool = True,
     ) -> None:
         self._client = Client(
             url,
             token,
             api_url=api_url,
+            scalefs_url=scalefs_url,
             timeout=timeout,
             http_timeout=http_timeout,
             transport=transport,
             max_retries=max_retries,
             retry_backoff=retry_backoff,
             poll_schedule=poll_schedule,
+            max_input_bytes=max_input_bytes,
+            fetch_timeout=fetch_timeout,
+            allow_private_urls=allow_private_urls,
         )
         self._lock = threading.Lock()
         self._loop: PortalThread | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._closed = False
+        #: SCALE storage, blocking, through this client's loop thread.
+        self.storage = SyncStorage(self._client.storage, self._portal)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} for a SCALE deployment>"
@@ -361,6 +422,8 @@ class SyncClient:
         task_index: int | None = None,
         outputs: Sequence[OutputSpec] | None = None,
         timeout: float | None = None,
+        save_temporary: bool = False,
+        store_outputs: bool = False,
     ) -> Results:
         """Run the deployment and return its results (see `Client.run_stream`)."""
         call = functools.partial(
@@ -371,6 +434,8 @@ class SyncClient:
             task_index=task_index,
             outputs=outputs,
             timeout=timeout,
+            save_temporary=save_temporary,
+            store_outputs=store_outputs,
         )
         results: Results = self._portal().call(call)
         return results
@@ -383,6 +448,8 @@ class SyncClient:
         task_index: int | None = None,
         outputs: Sequence[OutputSpec] | None = None,
         timeout: float | None = None,
+        save_temporary: bool = False,
+        store_outputs: bool = False,
     ) -> Iterator[Progress]:
         """Run the deployment, yielding its progress (see `Client.run_stream`).
 
@@ -396,6 +463,8 @@ class SyncClient:
             task_index=task_index,
             outputs=outputs,
             timeout=timeout,
+            save_temporary=save_temporary,
+            store_outputs=store_outputs,
         )
         return iterate(self._portal(), stream, stream.aclose)
 

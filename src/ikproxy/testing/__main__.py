@@ -15,6 +15,7 @@ from types import FrameType
 
 from ._fake import FakeScale
 from ._server import Server, bind, url_of
+from ._workflow import default_workflow
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--latency", type=float, default=0.0, help="seconds added before every answer (0)"
     )
+    parser.add_argument(
+        "--input-type",
+        choices=["image", "video", "file_path", "folder_path"],
+        default="image",
+        help="the workflow input's data type (image)",
+    )
     return parser
 
 
@@ -49,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         fake = FakeScale(
+            default_workflow(f"IODataType.{args.input_type.upper()}"),
             token=args.token,
             polls_before_done=args.polls,
             next_poll_in=args.next_poll_in,
@@ -67,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def announce() -> None:
         print(f"Fake Ikomia SCALE server running on {url} (Ctrl-C to stop)", flush=True)
-        print(f"  API URL and endpoint URL: {url}", flush=True)
+        print(f"  API, endpoint, storage:   {url}", flush=True)
         print(f"  API token:                {args.token}", flush=True)
 
     # uvicorn handles SIGINT and SIGTERM while it runs, then re-raises the signal

@@ -9,6 +9,7 @@ by one lock.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import secrets
@@ -32,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from ..io import sniff_content_type
 from ._png import TINY_PNG_B64
 from ._recording import (
     JWT_PATH,
@@ -42,10 +44,12 @@ from ._recording import (
     Kind,
     RecordedRequest,
     check_kind,
+    classify,
     read_body,
     record,
     replay,
 )
+from ._storage import FakeStorage
 from ._transport import FakeTransport, drop_connection
 from ._workflow import BadRunRequest, WorkflowIndex, default_workflow
 
@@ -125,6 +129,17 @@ class FakeScale:
       is held open before it is answered, in seconds.
     * `legacy`: the run answer is the bare uuid string, and polls carry no advice.
     * `latency`: seconds added before every answer.
+    * `storage_page_size`: objects per page of a storage look-up.
+
+    SCALE storage is faked on the same app (`storage`: a `FakeStorage`, whose
+    objects a test can read or seed); use the fake's URL as `scalefs_url`.
+    Storage requests need a JWT issued with `storage=true`. A run takes
+    `storage_object` inputs that name a stored object (else 400). By default
+    a run's outputs echo its first input: an image as is, a stored object as
+    `{"stored_input": {"uid", "size", "sha256", "content_type", "data_type"}}`.
+    Outputs asked with `save_temporary` come back as `storage_object`s (with
+    their `metadata`): an image or JSON output is stored, and a stored input
+    is echoed as a copy of itself.
     """
 
     def __init__(
@@ -141,6 +156,7 @@ class FakeScale:
         long_poll_hold: float = 0.2,
         legacy: bool = False,
         latency: float = 0.0,
+        storage_page_size: int = 10,
     ) -> None:
         source = default_workflow() if workflow is None else workflow
         self._index = WorkflowIndex(source)
@@ -163,7 +179,10 @@ class FakeScale:
         self._counts: Counter[Kind] = Counter()
         self._faults: dict[Kind, deque[Fault]] = {kind: deque() for kind in KINDS}
         self._jwts: dict[str, float] = {}
+        self._storage_jwts: set[str] = set()
         self._runs: dict[str, _Run] = {}
+        #: The fake SCALE storage, on the same app.
+        self.storage = FakeStorage(self._refuse_storage, page_size=storage_page_size)
         self.app: Starlette = _FakeApp(self)
 
     # -- what the test reads ---------------------------------------------------
@@ -259,6 +278,7 @@ class FakeScale:
         """Make every JWT issued so far invalid (401), as if they had all expired."""
         with self._cond:
             self._jwts.clear()
+            self._storage_jwts.clear()
 
     # -- how the test talks to it ----------------------------------------------
 
@@ -289,7 +309,9 @@ class FakeScale:
         send: Send,
         route: Callable[[Scope, Receive, Send], Awaitable[None]],
     ) -> None:
-        body = await read_body(receive)
+        storage = classify(scope["path"]) == "storage"
+        # Storage bodies (uploads) are streamed to disk by the handler, never buffered here.
+        body = b"" if storage else await read_body(receive)
         request = record(scope, body)
         with self._cond:
             self._requests.append(request)
@@ -300,7 +322,7 @@ class FakeScale:
         if self.latency:
             await anyio.sleep(self.latency)
         if fault is None:
-            await route(scope, replay(body, receive), send)
+            await route(scope, receive if storage else replay(body, receive), send)
         elif fault.drop:
             await drop_connection(receive, send)
         else:
@@ -317,6 +339,8 @@ class FakeScale:
         jwt = "fakejwt-" + secrets.token_urlsafe(24)
         with self._cond:
             self._jwts[jwt] = time.monotonic() + self.jwt_expires_in
+            if request.query_params.get("storage") == "true":
+                self._storage_jwts.add(jwt)
         return JSONResponse({"id_token": jwt, "expires_in": self.jwt_expires_in})
 
     async def _on_workflow(self, request: Request) -> Response:
@@ -333,9 +357,10 @@ class FakeScale:
             return _error(400, "the run request is not valid JSON")
         try:
             self._index.check_run(body)
+            self._check_stored_inputs(body, _base(request))
         except BadRunRequest as exc:
             return _error(400, str(exc))
-        run = _Run(str(uuid.uuid4()), self._results_for(body))
+        run = _Run(str(uuid.uuid4()), self._results_for(body, _base(request)))
         with self._cond:
             self._runs[run.uuid] = run
         if self.legacy:
@@ -390,15 +415,87 @@ class FakeScale:
         """The ETA of a run's `answer`-th answer (0: the run answer; then each poll)."""
         return list(self.etas[min(answer, len(self.etas) - 1)])
 
-    def _results_for(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+    def _refuse_storage(self, request: Request) -> Response | None:
+        """As `_refuse`, and a 403 for a JWT issued without storage rights."""
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        jwt = request.headers["authorization"].partition(" ")[2]
+        with self._cond:
+            allowed = jwt in self._storage_jwts
+        if not allowed:
+            return JSONResponse({"detail": "this token has no storage rights"}, 403)
+        return None
+
+    def _check_stored_inputs(self, body: dict[str, Any], base: str) -> None:
+        for i, item in enumerate(body.get("inputs", [])):
+            stored = item.get("storage_object")
+            if stored is None:
+                continue
+            where = f"inputs[{i}].storage_object"
+            if not isinstance(stored, Mapping) or not isinstance(stored.get("url"), str):
+                raise BadRunRequest(f"{where} must be an object with a url")
+            if stored.get("data_type") not in {"image", "video", "file_path", "folder_path"}:
+                raise BadRunRequest(
+                    f"{where}.data_type must be image, video, file_path or folder_path"
+                )
+            if self.storage.uid_from_url(stored["url"], base) is None:
+                raise BadRunRequest(f"{where}.url names no stored object")
+
+    def _results_for(self, body: dict[str, Any], base: str) -> list[dict[str, Any]]:
+        first = next(iter(body.get("inputs", [])), None)
         if callable(self._outputs):
-            return self._outputs(body)
-        if self._outputs is not None:
-            return copy.deepcopy(self._outputs)
-        for item in body.get("inputs", []):
-            if "image" in item:
-                return [{"image": item["image"]}]
-        return [{"image": TINY_PNG_B64}]
+            results = self._outputs(body)
+        elif self._outputs is not None:
+            results = copy.deepcopy(self._outputs)
+        elif first is not None and "image" in first:
+            results = [{"image": first["image"]}]
+        elif first is not None and "storage_object" in first:
+            results = [{"stored_input": self._describe_stored(first["storage_object"], base)}]
+        else:
+            results = [{"image": TINY_PNG_B64}]
+        if any(o.get("save_temporary") is True for o in body.get("outputs", [])):
+            results = [self._store_output(r, first, base) for r in results]
+        return results
+
+    def _describe_stored(self, stored: Mapping[str, Any], base: str) -> dict[str, Any]:
+        obj = self.storage.get(self.storage.uid_from_url(stored["url"], base) or "")
+        return {
+            "uid": obj.uid,
+            "size": obj.size,
+            "sha256": obj.sha256,
+            "content_type": obj.content_type,
+            "data_type": stored["data_type"],
+        }
+
+    def _store_output(
+        self, result: dict[str, Any], first: dict[str, Any] | None, base: str
+    ) -> dict[str, Any]:
+        """A result as the deployment answers it with `save_temporary`: a storage object."""
+        ((kind, data),) = result.items()
+        if kind == "storage_object":
+            return result
+        if kind == "stored_input" and first is not None:
+            source = self.storage.get(data["uid"])
+            obj = self.storage.add(source.file.read_bytes(), content_type=source.content_type)
+            data_type = data["data_type"]
+        elif kind == "image":
+            content = base64.b64decode(data)
+            mime = sniff_content_type(content[:64]) or "application/octet-stream"
+            obj = self.storage.add(content, content_type=mime)
+            data_type = "image"
+        else:
+            obj = self.storage.add(
+                json.dumps({kind: data}).encode(), content_type="application/json"
+            )
+            data_type = "file_path"
+        return {
+            "storage_object": {
+                "url": self.storage.object_url(base, obj.uid),
+                "data_type": data_type,
+                "metadata": obj.to_json(base),
+            }
+        }
 
 
 class _FakeApp(Starlette):
@@ -412,6 +509,7 @@ class _FakeApp(Starlette):
                 Route(WORKFLOW_PATH, fake._on_workflow, methods=["GET"]),
                 Route(RUN_PATH, fake._on_run, methods=["PUT"]),
                 Route(POLL_PREFIX + "{uuid}", fake._on_poll, methods=["GET"]),
+                *fake.storage.routes(),
             ],
             exception_handlers={HTTPException: _http_exception},
         )
@@ -446,6 +544,10 @@ async def _hold_open(request: Request, seconds: float) -> bool:
         await anyio.sleep(seconds)
         tg.cancel_scope.cancel()
     return not left
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
 
 
 def _error(status: int, message: str) -> Response:

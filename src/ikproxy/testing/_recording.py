@@ -19,6 +19,7 @@ __all__ = [
     "KINDS",
     "POLL_PREFIX",
     "RUN_PATH",
+    "STORAGE_PREFIXES",
     "WORKFLOW_PATH",
     "Kind",
     "RecordedRequest",
@@ -28,8 +29,9 @@ __all__ = [
     "replay",
 ]
 
-Kind = Literal["jwt", "workflow", "run", "poll", "other"]
-"""The kinds of request the fake tells apart, by path alone ("other": any unknown path)."""
+Kind = Literal["jwt", "workflow", "run", "poll", "storage", "other"]
+"""The kinds of request the fake tells apart, by path alone ("storage": any request to
+its SCALE storage; "other": any unknown path)."""
 
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
@@ -37,6 +39,13 @@ JWT_PATH = "/v1/projects/jwt/"
 WORKFLOW_PATH = "/workflow"
 RUN_PATH = "/api/run"
 POLL_PREFIX = "/api/results/"
+STORAGE_PREFIXES = (
+    "/v1/objects/",
+    "/v1/presigned-urls/",
+    "/v1/presigned/",
+    "/v1/downloads/",
+    "/v1/infos",
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,7 @@ class RecordedRequest:
     json: Any
     #: `time.monotonic()` at arrival.
     time: float
+    #: The raw body; empty for storage requests, whose uploads are streamed to disk.
     body: bytes = field(default=b"", repr=False)
 
 
@@ -71,6 +81,8 @@ def classify(path: str) -> Kind:
         return "workflow"
     if path == RUN_PATH:
         return "run"
+    if path.startswith(STORAGE_PREFIXES):
+        return "storage"
     run_uuid = path.removeprefix(POLL_PREFIX)
     if run_uuid != path and run_uuid and "/" not in run_uuid:
         return "poll"

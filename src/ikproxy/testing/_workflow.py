@@ -15,8 +15,9 @@ from typing import Any, TypeGuard
 __all__ = ["BadRunRequest", "WorkflowIndex", "default_workflow"]
 
 
-def default_workflow() -> dict[str, Any]:
-    """A one-task workflow: image in, image out, parameters `strength` and `prompt`."""
+def default_workflow(input_type: str = "IODataType.IMAGE") -> dict[str, Any]:
+    """A one-task workflow: image in (or `input_type`, e.g. `IODataType.VIDEO`), image
+    out, parameters `strength` and `prompt`."""
     return {
         "api": {"version": "1.0"},
         "metadata": {
@@ -33,7 +34,7 @@ def default_workflow() -> dict[str, Any]:
                         {"name": "strength", "value": "1.0"},
                         {"name": "prompt", "value": ""},
                     ],
-                    "inputs": [{"name": "IODataType.IMAGE"}],
+                    "inputs": [{"name": input_type}],
                     "outputs": [{"name": "IODataType.IMAGE"}],
                 },
             }

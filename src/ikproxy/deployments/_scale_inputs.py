@@ -1,0 +1,223 @@
+"""Turning run inputs into what SCALE takes: inline images, or files sent through storage.
+
+The official client's rule: videos, files and folders (zipped) always go
+through storage, and any input when the caller asks `save_temporary`; images
+go inline as base64. URLs are fetched first (http and https with `fetch_url`,
+other protocols with fsspec when it is installed), into a temporary directory
+that lives as long as the preparation: nothing large is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from ..errors import FetchTooLarge, FetchUnsupportedScheme, InvalidInput
+from ..fetch import fetch_url, redact_url
+from ..io import BaseIO, FileIO, ImageIO, InputLike, StorageObjectIO, as_inputs
+from ..model import Results
+from ..storage import Storage
+from ._scale_protocol import STORED_DATA_TYPES, Workflow, infer_data_type
+
+__all__ = ["InputOptions", "prepare_inputs", "zip_folder"]
+
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """How URL inputs are fetched: size limit, total timeout, private addresses allowed."""
+
+    max_bytes: int
+    timeout: float
+    allow_private: bool
+
+
+async def prepare_inputs(
+    inputs: Sequence[InputLike],
+    *,
+    workflow: Workflow,
+    storage: Storage,
+    options: InputOptions,
+    save_temporary: bool = False,
+) -> list[BaseIO]:
+    """The wire-ready inputs of a run, in order; uploads done, temporary files removed."""
+    prepared: list[BaseIO] = []
+    with tempfile.TemporaryDirectory(prefix="ikproxy-inputs-") as scratch:
+        for value in inputs:
+            if isinstance(value, Results):
+                prepared.extend(value.get_outputs())
+                continue
+            position = len(prepared)
+            types = workflow.input_types
+            workflow_type = types[position] if position < len(types) else None
+            prepared.append(
+                await _prepare(value, workflow_type, storage, options, save_temporary, scratch)
+            )
+    return prepared
+
+
+async def _prepare(
+    value: InputLike,
+    workflow_type: str | None,
+    storage: Storage,
+    options: InputOptions,
+    save_temporary: bool,
+    scratch: str,
+) -> BaseIO:
+    if isinstance(value, str) and "://" in value:
+        return await _prepare_url(value, workflow_type, storage, options, save_temporary, scratch)
+    if isinstance(value, (str, os.PathLike)):
+        value = FileIO(value)
+    if isinstance(value, FileIO):
+        return await _prepare_file(value, workflow_type, storage, save_temporary, scratch)
+    (typed,) = as_inputs(value)
+    if isinstance(typed, ImageIO) and save_temporary:
+        data = typed.to_bytes()
+        data_type, content_type = infer_data_type(
+            is_directory=False, content_type=typed.mime_type, workflow_type=workflow_type
+        )
+        obj = await storage.put(data, content_type=content_type)
+        return _stored(storage, obj.uid, data_type)
+    return typed
+
+
+async def _prepare_url(
+    url: str,
+    workflow_type: str | None,
+    storage: Storage,
+    options: InputOptions,
+    save_temporary: bool,
+    scratch: str,
+) -> BaseIO:
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in {"http", "https"}:
+        fetched = await fetch_url(
+            url,
+            max_bytes=options.max_bytes,
+            timeout=options.timeout,
+            allow_private=options.allow_private,
+            dest=scratch,
+        )
+        assert fetched.path is not None
+        content_type = fetched.content_type or fetched.declared_content_type
+        file = FileIO(fetched.path, content_type=content_type, filename=fetched.filename)
+    else:
+        file = await _fsspec_copy(url, scratch, options.max_bytes)
+    try:
+        return await _prepare_file(file, workflow_type, storage, save_temporary, scratch)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{redact_url(url)}: {exc}") from None
+
+
+async def _prepare_file(
+    file: FileIO,
+    workflow_type: str | None,
+    storage: Storage,
+    save_temporary: bool,
+    scratch: str,
+) -> BaseIO:
+    is_directory, content_type = await anyio.to_thread.run_sync(_describe, file)
+    data_type, upload_type = infer_data_type(
+        is_directory=is_directory,
+        content_type=content_type,
+        data_type=file.data_type,
+        workflow_type=workflow_type,
+    )
+    if save_temporary or data_type in STORED_DATA_TYPES:
+        path = file.path
+        if is_directory:
+            path = await anyio.to_thread.run_sync(zip_folder, file.path, scratch)
+        obj = await storage.put(path, content_type=upload_type or "application/octet-stream")
+        return _stored(storage, obj.uid, data_type)
+    if data_type == "image":
+        return ImageIO(await anyio.to_thread.run_sync(file.path.read_bytes))
+    raise InvalidInput(f"cannot send a file as data_type {data_type!r}")
+
+
+def _describe(file: FileIO) -> tuple[bool, str]:
+    """Whether the input is a folder, and its content type; `InvalidInput` if missing."""
+    if not file.path.exists():
+        raise InvalidInput(f"input file not found: {file.path}")
+    if file.path.is_dir():
+        return True, ""
+    return False, file.content_type
+
+
+def _stored(storage: Storage, uid: str, data_type: str) -> StorageObjectIO:
+    return StorageObjectIO({"url": storage.object_url(uid), "data_type": data_type})
+
+
+def zip_folder(folder: Path, scratch: str) -> Path:
+    """Zip a folder's files (paths relative to it) into a new file in `scratch`, streamed."""
+    fd, name = tempfile.mkstemp(prefix="folder-", suffix=".zip", dir=scratch)
+    os.close(fd)
+    with zipfile.ZipFile(name, "w", zipfile.ZIP_DEFLATED) as archive:
+        for root, dirs, files in os.walk(folder):
+            dirs.sort()
+            for filename in sorted(files):
+                path = Path(root, filename)
+                archive.write(path, path.relative_to(folder).as_posix())
+    return Path(name)
+
+
+async def _fsspec_copy(url: str, scratch: str, max_bytes: int) -> FileIO:
+    """Copy an fsspec URL (`s3://`, `gs://`, `memory://`...) to `scratch`; a folder is zipped."""
+    try:
+        import fsspec  # noqa: F401
+    except ModuleNotFoundError:
+        scheme = url.split("://", 1)[0]
+        raise FetchUnsupportedScheme(
+            f"{scheme}:// inputs need fsspec (pip install 'ikproxy[fsspec]'); "
+            "without it only http and https URLs are fetched",
+            url=redact_url(url),
+        ) from None
+    return await anyio.to_thread.run_sync(_fsspec_copy_sync, url, scratch, max_bytes)
+
+
+def _fsspec_copy_sync(url: str, scratch: str, max_bytes: int) -> FileIO:
+    import fsspec
+
+    fs: Any
+    fs, path = fsspec.core.url_to_fs(url)
+    name = str(path).rstrip("/").rsplit("/", 1)[-1] or "input"
+    if not fs.exists(path):
+        raise InvalidInput(f"{redact_url(url)} was not found")
+    if fs.isdir(path):
+        fd, zip_name = tempfile.mkstemp(prefix="folder-", suffix=".zip", dir=scratch)
+        os.close(fd)
+        total = 0
+        with zipfile.ZipFile(zip_name, "w", zipfile.ZIP_DEFLATED) as archive:
+            for root, _, files in fs.walk(path):
+                for filename in sorted(files):
+                    file_path = fs.sep.join([root, filename])
+                    total += int(fs.size(file_path) or 0)
+                    _check_size(total, max_bytes, url)
+                    arcname = os.path.relpath(file_path, start=path)
+                    with fs.open(file_path, "rb") as src, archive.open(arcname, "w") as out:
+                        shutil.copyfileobj(src, out, _CHUNK)
+        return FileIO(zip_name, data_type="folder_path", filename=name)
+    fd, local = tempfile.mkstemp(prefix="fetched-", dir=scratch)
+    size = 0
+    with fs.open(path, "rb") as src, os.fdopen(fd, "wb") as out:
+        while chunk := src.read(_CHUNK):
+            size += len(chunk)
+            _check_size(size, max_bytes, url)
+            out.write(chunk)
+    # As the official client: the type from the name's extension, else from the bytes.
+    return FileIO(local, filename=name)
+
+
+def _check_size(size: int, max_bytes: int, url: str) -> None:
+    if size > max_bytes:
+        shown = redact_url(url)
+        raise FetchTooLarge(f"{shown} is larger than the limit of {max_bytes} bytes", url=shown)
