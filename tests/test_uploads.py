@@ -385,3 +385,82 @@ def test_a_video_upload_through_flask() -> None:
 def iter_chunks(data: bytes, size: int) -> Iterator[bytes]:
     for offset in range(0, len(data), size):
         yield data[offset : offset + size]
+
+
+# -- through a real SCALE client, to the fake SCALE served on loopback ----------------------
+
+
+class StoredOutputs:
+    """The SCALE client as the proxy's deployment, asking for stored outputs."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.storage = client.storage
+
+    def run_stream(self, *inputs: Any, **options: Any) -> Any:
+        return self.client.run_stream(*inputs, store_outputs=True, **options)
+
+    async def run(self, *inputs: Any, **options: Any) -> Any:
+        return await self.client.run(*inputs, store_outputs=True, **options)
+
+
+@pytest.fixture
+def scale() -> Iterator[tuple[Any, str]]:
+    from ikproxy.testing import FakeScale
+
+    fake = FakeScale(polls_before_done=1, next_poll_in=5)
+    with fake.serve() as url:
+        yield fake, url
+
+
+def _scale_proxy(url: str, **options: Any) -> TestClient:
+    from ikproxy import Client
+
+    client = Client(url, "fake-token", api_url=url, scalefs_url=url)
+    options = {**VIDEO_POLICY, "inline_output_limit": 1000, **options}
+    app = Starlette(routes=[Mount("/api", app=create_app(StoredOutputs(client), **options))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return TestClient(app)
+
+
+def test_a_video_upload_reaches_scale_storage_with_identical_bytes_and_comes_back_by_reference(
+    scale: tuple[Any, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, url = scale
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    with _scale_proxy(url) as client:
+        response = client.post("/api/run", files={"v": ("clip.mp4", VIDEO, "video/mp4")})
+        assert response.status_code == 200, response.text
+        results = process_readable_stream_sync([response.content])
+        # The run got a storage_object input, whose stored bytes are the upload's.
+        (run,) = [r for r in fake.requests if r.kind == "run"]
+        (stored_input,) = run.json["inputs"]
+        uid = fake.storage.uid_from_url(stored_input["storage_object"]["url"])
+        assert stored_input["storage_object"]["data_type"] in {"video", "image"}
+        assert fake.storage.read(uid) == VIDEO
+        # The stored output (a copy of the input) reaches the browser by reference.
+        ref = results.get_output(0).to_json()["ref"]
+        assert (ref["kind"], ref["content_type"], ref["size"]) == ("storage_object", "video/mp4", len(VIDEO))
+        whole = client.get("/api/" + ref["url"])
+        assert whole.status_code == 200
+        assert whole.content == VIDEO
+        assert whole.headers["content-length"] == str(len(VIDEO))
+        part = client.get("/api/" + ref["url"], headers={"Range": "bytes=1000-1999999"})
+        assert part.status_code == 206
+        assert part.content == VIDEO[1000:2_000_000]
+        assert part.headers["content-range"] == f"bytes 1000-1999999/{len(VIDEO)}"
+        assert "fake-token" not in response.text
+        assert "authorization" not in {k.lower() for k in whole.headers}
+    assert list(tmp_path.glob("ikproxy-upload-*")) == []
+
+
+def test_presigned_outputs_hand_out_the_storages_url(scale: tuple[Any, str]) -> None:
+    _, url = scale
+    with _scale_proxy(url, presigned_outputs=True) as client:
+        response = client.post("/api/run", files={"v": ("clip.mp4", VIDEO, "video/mp4")})
+        results = process_readable_stream_sync([response.content])
+    ref = results.get_output(0).to_json()["ref"]
+    assert ref["url"].startswith(url)
+    with httpx.Client() as http:  # no credentials at all
+        assert http.get(ref["url"]).content == VIDEO

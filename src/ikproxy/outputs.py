@@ -32,9 +32,10 @@ from typing import Protocol
 import anyio
 import anyio.to_thread
 
-from .io import BaseIO, FileIO, ImageIO, RefIO
+from .io import BaseIO, FileIO, ImageIO, RefIO, StorageObjectIO
 from .model import Results
 from .policy import HTTPError
+from .storage import Storage, StorageObject
 
 __all__ = [
     "CHUNK_SIZE",
@@ -116,6 +117,46 @@ class FileBody:
     def discard(self) -> None:
         if self.owned:
             self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class StorageBody:
+    """A stored SCALE output, streamed from storage with the server's JWT (never the browser's)."""
+
+    storage: Storage
+    obj: StorageObject
+    content_type: str
+    size: int
+
+    async def open(self, start: int, end: int) -> AsyncIterator[bytes]:
+        if start >= end:
+            return
+        async with self.storage.download(self.obj, start=start, end=end - 1) as download:
+            # A storage that ignores the range answers 200 with everything: cut it here.
+            skip = start if download.status_code == 200 else 0
+            left = end - start
+            async for chunk in download.aiter_bytes(CHUNK_SIZE):
+                if skip:
+                    dropped = min(skip, len(chunk))
+                    chunk, skip = chunk[dropped:], skip - dropped
+                if chunk:
+                    chunk = chunk[:left]
+                    left -= len(chunk)
+                    yield chunk
+                if left <= 0:
+                    return
+
+    def discard(self) -> None:
+        pass  # the object is the storage's: temporary objects expire there
+
+
+@dataclass
+class Presigned:
+    """A stored output handed out as the storage's own presigned URL (`presigned_outputs`)."""
+
+    url: str
+    content_type: str
+    size: int
 
 
 class OutputExpired(LookupError):
@@ -268,9 +309,38 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-#: `opener(output, store)`: the body to serve for an output by reference, or None to
-#: leave the output inline. Deployments with their own storage supply one.
-Opener = Callable[[BaseIO, OutputStore], "Awaitable[OutputBody | None]"]
+#: `opener(output, store)`: the body to serve for an output by reference (or its
+#: presigned URL), or None to leave the output inline.
+Opener = Callable[[BaseIO, OutputStore], "Awaitable[OutputBody | Presigned | None]"]
+
+
+def storage_opener(storage: Storage, *, presigned: bool = False) -> Opener:
+    """The opener of a SCALE deployment's stored outputs: streamed from `storage`, or
+    handed out as presigned URLs valid for the store's window."""
+
+    async def opener(output: BaseIO, store: OutputStore) -> OutputBody | Presigned | None:
+        if not isinstance(output, StorageObjectIO) or isinstance(output, FileIO):
+            return None
+        obj = await storage.resolve(output)
+        size = obj.size if obj.size is not None else await _stored_size(storage, obj)
+        content_type = obj.content_type or "application/octet-stream"
+        if presigned:
+            url = await storage.presigned_download_url(obj, expire_in=int(store.window) + 1)
+            return Presigned(url, content_type, size)
+        return StorageBody(storage, obj, content_type, size)
+
+    return opener
+
+
+async def _stored_size(storage: Storage, obj: StorageObject) -> int:
+    """An object's size from a one-byte range answer (`Content-Range: bytes 0-0/<size>`)."""
+    async with storage.download(obj, start=0, end=0) as download:
+        total = (download.content_range or "").rpartition("/")[2]
+        if total.isdigit():
+            return int(total)
+        if download.status_code == 200 and download.content_length is not None:
+            return download.content_length
+    raise ValueError("the storage did not say the size of a stored output")
 
 
 async def by_reference(
@@ -288,9 +358,9 @@ async def by_reference(
     body of any other output (a stored one). `base` is prepended
     to the relative URL (`../` for a run requested as `run/`).
     """
-    bodies: list[OutputBody | None] = []
+    bodies: list[OutputBody | Presigned | None] = []
     for output in results.outputs:
-        body: OutputBody | None = None
+        body: OutputBody | Presigned | None = None
         if opener is not None:
             body = await opener(output, store)
         if body is None and isinstance(output, FileIO) and not output.is_dir:
@@ -301,13 +371,14 @@ async def by_reference(
         bodies.append(body)
     if not any(body is not None for body in bodies):
         return results
-    token = store.put(bodies)
+    served = [None if isinstance(body, Presigned) else body for body in bodies]
+    token = store.put(served) if any(body is not None for body in served) else ""
     outputs: list[BaseIO] = []
     for index, (output, body) in enumerate(zip(results.outputs, bodies, strict=True)):
         if body is None:
             outputs.append(output)
             continue
-        url = f"{base}outputs/{token}/{index}"
+        url = body.url if isinstance(body, Presigned) else f"{base}outputs/{token}/{index}"
         of = output.kind if output.kind in ("image", "storage_object") else "file"
         outputs.append(RefIO(url, of=of, content_type=body.content_type, size=body.size))
     return Results(tuple(outputs), uuid=results.uuid)

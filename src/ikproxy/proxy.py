@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl
 from .__about__ import __version__
 from .deployments import Deployment
 from .model import Progress
-from .outputs import Opener, OutputStore, by_reference, serve
+from .outputs import Opener, OutputStore, by_reference, serve, storage_opener
 from .parsing import (
     ProxyRequest,
     RunSpec,
@@ -54,6 +54,7 @@ from .server import (
     stream_headers,
     to_readable_stream,
 )
+from .storage import Storage
 from .uploads import UploadDir, resolve_inputs
 
 __all__ = [
@@ -353,7 +354,10 @@ class Proxy:
         Whatever ends the run (its end, a failure, a client gone), its uploaded
         files are removed then.
         """
-        opener: Opener | None = getattr(self.deployment, "output_body", None)
+        storage = getattr(self.deployment, "storage", None)
+        opener: Opener | None = None
+        if isinstance(storage, Storage):
+            opener = storage_opener(storage, presigned=self.policy.presigned_outputs)
         try:
             async for progress in stream:
                 if progress.results is not None:
