@@ -33,6 +33,7 @@ from ikproxy.proxy import Proxy, ProxyRequest
 from ikproxy.uploads import UploadDir, accepts
 
 from ._support import free_port, running_server
+from ._upload_app import StoredOutputs
 
 VIDEO = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + os.urandom(3_000_000)
 PDF = b"%PDF-1.7\n" + os.urandom(5000)
@@ -388,20 +389,6 @@ def iter_chunks(data: bytes, size: int) -> Iterator[bytes]:
 
 
 # -- through a real SCALE client, to the fake SCALE served on loopback ----------------------
-
-
-class StoredOutputs:
-    """The SCALE client as the proxy's deployment, asking for stored outputs."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.storage = client.storage
-
-    def run_stream(self, *inputs: Any, **options: Any) -> Any:
-        return self.client.run_stream(*inputs, store_outputs=True, **options)
-
-    async def run(self, *inputs: Any, **options: Any) -> Any:
-        return await self.client.run(*inputs, store_outputs=True, **options)
 
 
 @pytest.fixture
