@@ -1,4 +1,4 @@
-"""A video upload through the proxy to (fake) SCALE storage, against a plain copy to the same storage.
+"""A video upload through the proxy to (fake) SCALE storage, against a plain copy to it.
 
     ./dev bench uploads            # or: .venv/bin/python benchmarks/uploads.py [--mb 200]
 
