@@ -615,7 +615,7 @@ async def test_latency_delays_every_answer() -> None:
         (
             lambda f: f.fail("polls"),
             ValueError,
-            "unknown request kind 'polls': expected one of jwt, workflow, run, poll, other",
+            "unknown request kind 'polls': expected one of jwt, workflow, run, poll, storage, other",
         ),
         (lambda f: f.drop("run", times=0), ValueError, "times must be at least 1, not 0"),
         (lambda f: f.fail("run", 404, times=-1), ValueError, "times must be at least 1, not -1"),
@@ -625,7 +625,7 @@ async def test_latency_delays_every_answer() -> None:
         (
             lambda f: f.count("runs"),
             ValueError,
-            "unknown request kind 'runs': expected one of jwt, workflow, run, poll, other",
+            "unknown request kind 'runs': expected one of jwt, workflow, run, poll, storage, other",
         ),
     ],
 )

@@ -108,7 +108,8 @@ async def test_an_existing_path_raises_unless_overwritten(client: Client) -> Non
         await client.storage.put(b"two", "same")
     assert info.value.status_code == 409
     second = await client.storage.put(b"two", "same", overwrite=True)
-    assert second.uid != first.uid
+    assert second.uid == first.uid  # the object at that path is updated
+    assert second.sha256 != first.sha256
     assert await client.storage.read_bytes(await client.storage.get("same")) == b"two"
 
 
@@ -311,3 +312,15 @@ def test_storage_object_from_json_needs_a_uid() -> None:
         StorageObject.from_json({"path": "x"})
     obj = StorageObject.from_json({"uid": "u", "size": True, "created_at": "not a date"})
     assert (obj.size, obj.created_at) == (None, None)
+
+
+async def test_an_upload_refused_for_an_expired_jwt_is_sent_again_whole(client: Client, fake: FakeScale, tmp_path: Path) -> None:
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(VIDEO)
+    await client.storage.infos()
+    fake.expire_jwts()
+    obj = await client.storage.put(video, "again.mp4")
+    assert fake.count("jwt") == 2
+    assert fake.storage.read(obj.uid) == VIDEO
+    uploads = [r for r in fake.requests if r.method == "POST"]
+    assert [r.headers["content-length"] for r in uploads] == [uploads[0].headers["content-length"]] * 2

@@ -407,12 +407,17 @@ def io_from_json(obj: Any) -> BaseIO:
 InputLike = Union[
     str, "os.PathLike[str]", bytes, "Image.Image", BaseIO, "Results", Mapping[str, Any]
 ]
-"""What a run accepts as an input: a path, image bytes, a PIL image, a typed IO,
+"""What a run accepts as an input: a path (an image, another file, a folder), a
+URL (SCALE client), image bytes, a PIL image, a typed IO (`FileIO` for files),
 a previous run's `Results` (to chain runs), or a raw one-key wire object."""
 
 
 def as_inputs(*inputs: InputLike) -> list[BaseIO]:
-    """Normalise run inputs to typed IO values, in order."""
+    """Normalise run inputs to typed IO values, in order.
+
+    A path to an image becomes an `ImageIO`; a path to any other file (by its
+    bytes: a video, a document) or to a folder becomes a `FileIO`.
+    """
     from .model import Results
 
     out: list[BaseIO] = []
@@ -424,7 +429,7 @@ def as_inputs(*inputs: InputLike) -> list[BaseIO]:
         elif isinstance(value, (bytes, bytearray, memoryview)):
             out.append(ImageIO.from_bytes(bytes(value)))
         elif isinstance(value, (str, os.PathLike)):
-            out.append(ImageIO.from_path(value))
+            out.append(_path_input(value))
         elif isinstance(value, Mapping):
             out.append(io_from_json(value))
         elif _is_pil_image(value):
@@ -435,6 +440,25 @@ def as_inputs(*inputs: InputLike) -> list[BaseIO]:
                 "a PIL image, an ImageIO, a Results or a one-key dict"
             )
     return out
+
+
+def _path_input(value: str | os.PathLike[str]) -> BaseIO:
+    """An image file read inline; any other file, or a folder, as a `FileIO`."""
+    if isinstance(value, str) and "://" in value:
+        raise ValueError(
+            "a URL input is fetched by the SCALE client (ikproxy.Client), not read as a path"
+        )
+    path = Path(value)
+    if path.is_dir():
+        return FileIO(path)
+    data = path.read_bytes() if _is_image_file(path) else None
+    return ImageIO(data) if data is not None else FileIO(path)
+
+
+def _is_image_file(path: Path) -> bool:
+    with path.open("rb") as file:
+        head = file.read(SNIFF_BYTES)
+    return _sniff(head) is not None
 
 
 def _is_pil_image(value: object) -> bool:

@@ -21,7 +21,14 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from ..errors import FetchTooLarge, FetchUnsupportedScheme, InvalidInput
+from ..errors import (
+    FetchError,
+    FetchHTTPError,
+    FetchNotFound,
+    FetchTooLarge,
+    FetchUnsupportedScheme,
+    InvalidInput,
+)
 from ..fetch import fetch_url, redact_url
 from ..io import BaseIO, FileIO, ImageIO, InputLike, StorageObjectIO, as_inputs
 from ..model import Results
@@ -181,7 +188,24 @@ async def _fsspec_copy(url: str, scratch: str, max_bytes: int) -> FileIO:
             "without it only http and https URLs are fetched",
             url=redact_url(url),
         ) from None
-    return await anyio.to_thread.run_sync(_fsspec_copy_sync, url, scratch, max_bytes)
+    shown = redact_url(url)
+    try:
+        return await anyio.to_thread.run_sync(_fsspec_copy_sync, url, scratch, max_bytes)
+    except (InvalidInput, FetchError):
+        raise
+    except FileNotFoundError:
+        raise FetchNotFound(f"{shown} was not found", url=shown) from None
+    except ImportError as exc:  # the protocol's own package (s3fs, gcsfs...) is missing
+        raise FetchUnsupportedScheme(f"{shown}: {exc}", url=shown) from None
+    except ValueError as exc:
+        if "protocol" not in str(exc).lower():
+            raise
+        scheme = url.split("://", 1)[0]
+        raise FetchUnsupportedScheme(
+            f"{scheme}:// is not a protocol fsspec knows", url=shown
+        ) from None
+    except OSError as exc:
+        raise FetchHTTPError(f"cannot read {shown}: {type(exc).__name__}", url=shown) from None
 
 
 def _fsspec_copy_sync(url: str, scratch: str, max_bytes: int) -> FileIO:
@@ -191,7 +215,7 @@ def _fsspec_copy_sync(url: str, scratch: str, max_bytes: int) -> FileIO:
     fs, path = fsspec.core.url_to_fs(url)
     name = str(path).rstrip("/").rsplit("/", 1)[-1] or "input"
     if not fs.exists(path):
-        raise InvalidInput(f"{redact_url(url)} was not found")
+        raise FileNotFoundError(path)
     if fs.isdir(path):
         fd, zip_name = tempfile.mkstemp(prefix="folder-", suffix=".zip", dir=scratch)
         os.close(fd)

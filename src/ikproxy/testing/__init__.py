@@ -1,7 +1,8 @@
 """A fake Ikomia SCALE server, for your tests and ours.
 
 `FakeScale` speaks the real protocol (JWT exchange, workflow, run, polling with
-advice, long polling, HTTP 520 for a failed workflow) on one ASGI app, records
+advice, long polling, HTTP 520 for a failed workflow, and SCALE storage for
+video, file and folder inputs and stored outputs) on one ASGI app, records
 every request, and can be told to fail or drop the next requests of a kind::
 
     from ikproxy.testing import FakeScale
@@ -22,6 +23,7 @@ from __future__ import annotations
 from ._fake import FakeScale, Fault
 from ._png import TINY_PNG
 from ._recording import KINDS, Kind, RecordedRequest
+from ._storage import FakeStorage, StoredObject
 from ._transport import ConnectionDropped
 from ._workflow import default_workflow
 
@@ -30,8 +32,10 @@ __all__ = [
     "TINY_PNG",
     "ConnectionDropped",
     "FakeScale",
+    "FakeStorage",
     "Fault",
     "Kind",
     "RecordedRequest",
+    "StoredObject",
     "default_workflow",
 ]

@@ -134,7 +134,8 @@ class FakeScale:
     SCALE storage is faked on the same app (`storage`: a `FakeStorage`, whose
     objects a test can read or seed); use the fake's URL as `scalefs_url`.
     Storage requests need a JWT issued with `storage=true`. A run takes
-    `storage_object` inputs that name a stored object (else 400). By default
+    `storage_object` inputs; one whose URL is the fake's own must name a stored
+    object (else 400). By default
     a run's outputs echo its first input: an image as is, a stored object as
     `{"stored_input": {"uid", "size", "sha256", "content_type", "data_type"}}`.
     Outputs asked with `save_temporary` come back as `storage_object`s (with
@@ -439,7 +440,8 @@ class FakeScale:
                 raise BadRunRequest(
                     f"{where}.data_type must be image, video, file_path or folder_path"
                 )
-            if self.storage.uid_from_url(stored["url"], base) is None:
+            own = stored["url"].startswith(f"{base}/")
+            if own and self.storage.uid_from_url(stored["url"], base) is None:
                 raise BadRunRequest(f"{where}.url names no stored object")
 
     def _results_for(self, body: dict[str, Any], base: str) -> list[dict[str, Any]]:
@@ -459,7 +461,10 @@ class FakeScale:
         return results
 
     def _describe_stored(self, stored: Mapping[str, Any], base: str) -> dict[str, Any]:
-        obj = self.storage.get(self.storage.uid_from_url(stored["url"], base) or "")
+        uid = self.storage.uid_from_url(stored["url"], base)
+        if uid is None:  # held elsewhere: the fake cannot read it
+            return {"url": stored["url"], "data_type": stored["data_type"]}
+        obj = self.storage.get(uid)
         return {
             "uid": obj.uid,
             "size": obj.size,
@@ -475,7 +480,7 @@ class FakeScale:
         ((kind, data),) = result.items()
         if kind == "storage_object":
             return result
-        if kind == "stored_input" and first is not None:
+        if kind == "stored_input" and "uid" in data:
             source = self.storage.get(data["uid"])
             obj = self.storage.add(source.file.read_bytes(), content_type=source.content_type)
             data_type = data["data_type"]

@@ -313,10 +313,13 @@ class FakeStorage:
         return self._store(obj)
 
     def _store(self, obj: StoredObject) -> StoredObject:
+        """Keep `obj`; one that replaces a path's object (an overwrite) keeps its uid."""
         with self._lock:
             replaced = [o for o in self._objects.values() if obj.path and o.path == obj.path]
             for old in replaced:
                 del self._objects[old.uid]
+            if replaced:
+                obj = replace(obj, uid=replaced[0].uid)
             self._objects[obj.uid] = obj
         for old in replaced:
             old.file.unlink(missing_ok=True)
