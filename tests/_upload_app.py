@@ -60,4 +60,14 @@ def create_scale() -> Starlette:
         accept=["image/*", "video/mp4"],
         max_upload_bytes=300_000_000,
     )
-    return Starlette(routes=[Mount("/api", app=proxy)])
+    # `/local`: a local task whose image output is over the inline limit.
+    local = LocalDeployment()
+
+    @local.task
+    def picture() -> Any:
+        from PIL import Image
+
+        return Image.new("RGB", (64, 48), "green")
+
+    by_reference = create_app(local, rate_limit=None, inline_output_limit=50)
+    return Starlette(routes=[Mount("/api", app=proxy), Mount("/local", app=by_reference)])

@@ -94,3 +94,46 @@ def test_a_video_round_trip_in_chromium(
     fake, _ = scale
     stored = [obj for obj in fake.storage.objects() if obj.sha256 == expected]
     assert len(stored) >= 2  # the uploaded input, and the run's stored copy of it
+
+
+IMAGE_BY_REFERENCE = """async () => {
+    const ik = await import("/api/ikproxy.js");
+    const results = await ik.run("/local/run/", {});
+    const image = results.firstImage();
+    const img = document.createElement("img");
+    await new Promise((resolve, reject) => {
+        img.onload = resolve;
+        img.onerror = () => reject(new Error("the image did not load"));
+        img.src = image.url;
+    });
+    let syncBytes = null;
+    try { image.bytes; } catch (e) { syncBytes = e.name; }
+    return {
+        byReference: image.byReference,
+        sameAsDataUrl: image.dataUrl === image.url,
+        under: new URL(image.url).pathname.startsWith("/local/outputs/"),
+        size: [img.naturalWidth, img.naturalHeight],
+        dataUrl: (await image.toDataUrl()).slice(0, 22),
+        blobType: (await image.fetchBlob()).type,
+        syncBytes,
+    };
+}"""
+
+
+def test_an_image_by_reference_loads_as_img_src(browser: Browser, base_url: str) -> None:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{base_url}/api/health")
+        outcome = page.evaluate(IMAGE_BY_REFERENCE)
+    finally:
+        context.close()
+    assert outcome == {
+        "byReference": True,
+        "sameAsDataUrl": True,
+        "under": True,  # run/ gave ../outputs/..., resolved back to the mount
+        "size": [64, 48],
+        "dataUrl": "data:image/png;base64,",
+        "blobType": "image/png",
+        "syncBytes": "TypeError",
+    }

@@ -28,6 +28,7 @@ with warnings.catch_warnings():
 from ikproxy import InvalidParameter, LocalDeployment
 from ikproxy.asgi import create_app
 from ikproxy.browser import process_readable_stream_sync
+from ikproxy.deployments.local import check_cancelled
 from ikproxy.io import FileIO, ImageIO
 from ikproxy.proxy import Proxy, ProxyRequest
 from ikproxy.uploads import UploadDir, accepts
@@ -78,8 +79,8 @@ def _video_deployment(seen: Seen, *, hold: bool = False, fail: bool = False) -> 
         seen.path, seen.content_type = video.path, video.content_type
         seen.digest = hashlib.sha256(video.path.read_bytes()).hexdigest()
         seen.started.set()
-        if hold:
-            seen.release.wait(10)
+        while hold and not seen.release.wait(0.01):
+            check_cancelled()  # a closed run stops the task here
         if fail:
             raise RuntimeError("the task failed")
         return {"summary": {"size": video.path.stat().st_size}}
@@ -316,9 +317,10 @@ def test_removed_when_the_client_disconnects() -> None:
                     head += next(chunks)
                 assert seen.started.wait(5)  # the task is running
                 assert seen.folder.exists()
+            # The client left while the task still held the file (never released).
+            assert _gone_soon(seen.folder)
         finally:
             seen.release.set()
-    assert _gone_soon(seen.folder)
 
 
 def test_removed_when_the_server_shuts_down(tmp_path: Path) -> None:
