@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -21,6 +22,8 @@ from .io import BaseIO
 from .policy import HTTPError, Policy
 from .protocol import NDJSON_MEDIA_TYPE, SSE_MEDIA_TYPE
 from .server import StreamFormat
+
+logger = logging.getLogger("ikproxy")
 
 __all__ = [
     "ProxyRequest",
@@ -85,32 +88,68 @@ def _expected_length(request: ProxyRequest, limit: int) -> int:
     return limit
 
 
-async def read_body(request: ProxyRequest, body: AsyncIterable[bytes] | None, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it exceeds `limit` bytes."""
+async def read_body(
+    request: ProxyRequest,
+    body: AsyncIterable[bytes] | None,
+    limit: int,
+    *,
+    request_id: str | None = None,
+) -> bytes:
+    """The whole body, refused with 413 as soon as it exceeds `limit` bytes.
+
+    A body the server cannot deliver (the client left mid-upload, or sent malformed
+    chunked framing) is the client's doing: one line at info level, and a 400.
+    """
     limit = _expected_length(request, limit)
     if body is None or request.method.upper() == "GET":
         return b""
     parts, size = [], 0
-    async for chunk in body:
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(chunk)
+    try:
+        async for chunk in body:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            parts.append(chunk)
+    except HTTPError:
+        raise
+    except Exception as exc:  # whatever the server raises for a body it could not read
+        raise _unreadable(exc, request_id) from None
     return b"".join(parts)
 
 
-def read_body_sync(request: ProxyRequest, body: Iterable[bytes] | None, limit: int) -> bytes:
+def read_body_sync(
+    request: ProxyRequest,
+    body: Iterable[bytes] | None,
+    limit: int,
+    *,
+    request_id: str | None = None,
+) -> bytes:
     """`read_body` for sync (WSGI) bodies."""
     limit = _expected_length(request, limit)
     if body is None or request.method.upper() == "GET":
         return b""
     parts, size = [], 0
-    for chunk in body:
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(chunk)
+    try:
+        for chunk in body:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            parts.append(chunk)
+    except HTTPError:
+        raise
+    except Exception as exc:
+        raise _unreadable(exc, request_id) from None
     return b"".join(parts)
+
+
+def _unreadable(exc: Exception, request_id: str | None) -> HTTPError:
+    logger.info(
+        "request body not received: the client left or sent a malformed body "
+        "[request_id=%s error=%s]",
+        request_id,
+        type(exc).__name__,
+    )
+    return HTTPError(400, "bad_request", "the request body could not be read")
 
 
 def parse_run_request(

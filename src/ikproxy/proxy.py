@@ -157,7 +157,9 @@ class Proxy:
             resumed = self._resume(request, request_id)
             if resumed is not None:
                 return resumed
-            raw = await read_body(request, body, self.policy.max_upload_bytes)
+            raw = await read_body(
+                request, body, self.policy.max_upload_bytes, request_id=request_id
+            )
             spec = parse_run_request(request, raw, self.policy, request_id)
             return await self._start(spec)
         except HTTPError as exc:
@@ -183,7 +185,9 @@ class Proxy:
             if resumed is not None:
                 response = resumed
             else:
-                raw = read_body_sync(request, body, self.policy.max_upload_bytes)
+                raw = read_body_sync(
+                    request, body, self.policy.max_upload_bytes, request_id=request_id
+                )
                 spec = parse_run_request(request, raw, self.policy, request_id)
                 response = blocking_portal().call(self._start, spec)
         except HTTPError as exc:
