@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -113,17 +114,19 @@ def test_a_client_that_leaves_mid_upload_is_one_info_line(
     server: tuple[int, ScriptedDeployment, _Records], cut: bytes
 ) -> None:
     port, _, records = server
+    request_id = uuid.uuid4().hex
     records.seen.clear()
-    records.wanted = "request body not received"
+    records.wanted = f"request_id={request_id}"
     before = len(records.records)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(
-            b"POST /run HTTP/1.1\r\nHost: x\r\n"
+            b"POST /run HTTP/1.1\r\nHost: x\r\nX-Request-ID: " + request_id.encode() + b"\r\n"
             b"Content-Type: application/x-www-form-urlencoded\r\n" + cut
         )
     assert records.seen.wait(10), "the disconnect was not logged"
     new = records.records[before:]
-    mine = [r for r in new if "request body not received" in r.getMessage()]
+    mine = [r for r in new if records.wanted in r.getMessage()]
+    assert "request body not received" in mine[0].getMessage()
     assert len(mine) == 1
     assert mine[0].levelno == logging.INFO
     assert mine[0].name == "ikproxy"
