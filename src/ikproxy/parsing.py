@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any, Union, cast
@@ -27,6 +28,8 @@ from .policy import HTTPError, Policy
 from .protocol import NDJSON_MEDIA_TYPE, SSE_MEDIA_TYPE
 from .server import StreamFormat
 from .uploads import InputURL, UploadDir, accepts, check_input_url, file_suffix, not_accepted
+
+logger = logging.getLogger("ikproxy")
 
 __all__ = [
     "ProxyRequest",
@@ -99,32 +102,68 @@ def _expected_length(request: ProxyRequest, limit: int) -> int:
     return limit
 
 
-async def read_body(request: ProxyRequest, body: AsyncIterable[bytes] | None, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it exceeds `limit` bytes."""
+async def read_body(
+    request: ProxyRequest,
+    body: AsyncIterable[bytes] | None,
+    limit: int,
+    *,
+    request_id: str | None = None,
+) -> bytes:
+    """The whole body, refused with 413 as soon as it exceeds `limit` bytes.
+
+    A body the server cannot deliver (the client left mid-upload, or sent malformed
+    chunked framing) is the client's doing: one line at info level, and a 400.
+    """
     limit = _expected_length(request, limit)
     if body is None or request.method.upper() == "GET":
         return b""
     parts, size = [], 0
-    async for chunk in body:
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(chunk)
+    try:
+        async for chunk in body:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            parts.append(chunk)
+    except HTTPError:
+        raise
+    except Exception as exc:  # whatever the server raises for a body it could not read
+        raise _unreadable(exc, request_id) from None
     return b"".join(parts)
 
 
-def read_body_sync(request: ProxyRequest, body: Iterable[bytes] | None, limit: int) -> bytes:
+def read_body_sync(
+    request: ProxyRequest,
+    body: Iterable[bytes] | None,
+    limit: int,
+    *,
+    request_id: str | None = None,
+) -> bytes:
     """`read_body` for sync (WSGI) bodies."""
     limit = _expected_length(request, limit)
     if body is None or request.method.upper() == "GET":
         return b""
     parts, size = [], 0
-    for chunk in body:
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(chunk)
+    try:
+        for chunk in body:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            parts.append(chunk)
+    except HTTPError:
+        raise
+    except Exception as exc:
+        raise _unreadable(exc, request_id) from None
     return b"".join(parts)
+
+
+def _unreadable(exc: Exception, request_id: str | None) -> HTTPError:
+    logger.info(
+        "request body not received: the client left or sent a malformed body "
+        "[request_id=%s error=%s]",
+        request_id,
+        type(exc).__name__,
+    )
+    return HTTPError(400, "bad_request", "the request body could not be read")
 
 
 def parse_run_request(
@@ -182,7 +221,7 @@ async def read_run_request(
     the body limit is enforced at the first byte over it (413).
     """
     if body is None or not _is_multipart(request):
-        raw = await read_body(request, body, policy.max_upload_bytes)
+        raw = await read_body(request, body, policy.max_upload_bytes, request_id=request_id)
         return parse_run_request(request, raw, policy, request_id, uploads)
     format, _ = _query(request)
     limit = _expected_length(request, policy.max_upload_bytes)
@@ -198,6 +237,10 @@ async def read_run_request(
                 await anyio.to_thread.run_sync(reader.flush)
         await anyio.to_thread.run_sync(reader.flush)
         fields, pending = reader.finish()
+    except HTTPError:
+        raise
+    except Exception as exc:  # the server could not deliver the body
+        raise _unreadable(exc, request_id) from None
     finally:
         reader.close()
     return _spec(_single_values(fields, "form"), True, pending, policy, format, request_id)
@@ -212,7 +255,7 @@ def read_run_request_sync(
 ) -> RunSpec:
     """`read_run_request` for sync (WSGI) bodies."""
     if body is None or not _is_multipart(request):
-        raw = read_body_sync(request, body, policy.max_upload_bytes)
+        raw = read_body_sync(request, body, policy.max_upload_bytes, request_id=request_id)
         return parse_run_request(request, raw, policy, request_id, uploads)
     format, _ = _query(request)
     limit = _expected_length(request, policy.max_upload_bytes)
@@ -228,6 +271,10 @@ def read_run_request_sync(
                 reader.flush()
         reader.flush()
         fields, pending = reader.finish()
+    except HTTPError:
+        raise
+    except Exception as exc:  # the server could not deliver the body
+        raise _unreadable(exc, request_id) from None
     finally:
         reader.close()
     return _spec(_single_values(fields, "form"), True, pending, policy, format, request_id)
@@ -465,7 +512,11 @@ class _MultipartReader:
     def flush(self) -> None:
         """Write the file bytes parsed so far to the current file (blocking)."""
         if self._file is not None and self._data:
-            self._file.write(b"".join(self._data))
+            try:
+                self._file.write(b"".join(self._data))
+            except OSError:  # a full disk: the server's trouble, not the client's
+                logger.exception("an upload could not be written to its temporary file")
+                raise HTTPError(500, "internal", "the upload could not be stored") from None
         if self._file is not None:
             self._data = []
         self.buffered = 0
@@ -564,6 +615,10 @@ class _MultipartReader:
         if self.uploads is None:
             raise not_accepted(content_type, self.policy.accept)
         path = self.uploads.new_file(file_suffix(content_type))
-        self._file = path.open("xb")
+        try:
+            self._file = path.open("xb")
+        except OSError:
+            logger.exception("an upload could not be written to its temporary file")
+            raise HTTPError(500, "internal", "the upload could not be stored") from None
         self._path = FileIO(path, content_type=content_type)
         self.buffered = len(head)
