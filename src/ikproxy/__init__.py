@@ -29,7 +29,7 @@ from .errors import (
     WorkflowFailed,
 )
 from .fetch import Fetched, fetch_url
-from .io import BaseIO, FileIO, ImageIO, StorageObjectIO, TaskIO
+from .io import BaseIO, FileIO, ImageIO, RefIO, StorageObjectIO, TaskIO
 from .model import Progress, Results, State
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "InvalidParameter",
     "LocalDeployment",
     "Progress",
+    "RefIO",
     "Results",
     "RunTimeout",
     "State",
