@@ -131,6 +131,39 @@ def test_a_video_upload_reaches_a_local_task_as_a_file_with_identical_bytes() ->
     assert _gone_soon(seen.folder)
 
 
+@pytest.mark.parametrize("surface", ["asgi", "flask"])
+def test_two_large_files_arrive_whole_and_in_order(surface: str) -> None:
+    second = VIDEO[:32] + os.urandom(9_000_000)  # spans several writes
+    deployment = LocalDeployment()
+    got: list[bytes] = []
+
+    @deployment.task
+    def both(a: Path, b: Path) -> None:
+        got.extend([a.read_bytes(), b.read_bytes()])
+
+    policy = {**VIDEO_POLICY, "max_inputs": 2}
+    files = [("a", ("a.mp4", VIDEO, "video/mp4")), ("b", ("b.mp4", second, "video/mp4"))]
+    if surface == "asgi":
+        with _client(deployment, **policy) as client:
+            response = client.post("/api/run", files=files)
+            status, body = response.status_code, response.content
+    else:
+        from flask import Flask
+
+        from ikproxy.adapters.flask import blueprint
+
+        app = Flask(__name__)
+        app.register_blueprint(blueprint(deployment, url_prefix="/api", **policy))
+        data = {name: (io.BytesIO(content), filename) for name, (filename, content, _) in files}
+        response = app.test_client().post(
+            "/api/run", data=data, content_type="multipart/form-data"
+        )
+        status, body = response.status_code, response.get_data()
+    assert status == 200
+    process_readable_stream_sync([body])
+    assert got == [VIDEO, second]
+
+
 def test_a_task_annotated_path_gets_the_files_path() -> None:
     deployment = LocalDeployment()
     got: list[Any] = []

@@ -11,6 +11,7 @@ to a file in the request's `UploadDir`, never whole in memory.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -182,8 +183,8 @@ def parse_run_request(
         reader = _MultipartReader(request.header("content-type") or "", policy, uploads)
         try:
             reader.feed(raw)
-            reader.flush()
             fields, files = reader.finish()
+            reader.flush()
         finally:
             reader.close()
         return _spec(_single_values(fields, "form"), True, files, policy, format, request_id)
@@ -226,6 +227,7 @@ async def read_run_request(
     format, _ = _query(request)
     limit = _expected_length(request, policy.max_upload_bytes)
     reader = _MultipartReader(request.header("content-type") or "", policy, uploads)
+    writing: asyncio.Task[None] | None = None
     try:
         size = 0
         async for chunk in body:
@@ -234,16 +236,39 @@ async def read_run_request(
                 raise _too_large(limit)
             reader.feed(chunk)
             if reader.buffered >= _FLUSH_BYTES:
-                await anyio.to_thread.run_sync(reader.flush)
-        await anyio.to_thread.run_sync(reader.flush)
+                # Written by a worker thread while the next bytes come in; one batch
+                # in flight at most, so memory stays bounded by two batches.
+                await _wait(writing)
+                writing = asyncio.get_running_loop().create_task(_write(reader.take_jobs()))
         fields, pending = reader.finish()
+        await _wait(writing)
+        await _write(reader.take_jobs())
     except HTTPError:
         raise
     except Exception as exc:  # the server could not deliver the body
         raise _unreadable(exc, request_id) from None
     finally:
+        with anyio.CancelScope(shield=True):
+            await _settle(writing)
         reader.close()
     return _spec(_single_values(fields, "form"), True, pending, policy, format, request_id)
+
+
+async def _write(jobs: list[_Job]) -> None:
+    await anyio.to_thread.run_sync(_MultipartReader.run_jobs, jobs)
+
+
+async def _wait(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        await task
+
+
+async def _settle(task: asyncio.Task[None] | None) -> None:
+    """Let a write in flight end (its thread cannot be stopped) before files are closed."""
+    if task is not None:
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: the error, if any, was raised already or is moot
 
 
 def read_run_request_sync(
@@ -269,8 +294,8 @@ def read_run_request_sync(
             reader.feed(chunk)
             if reader.buffered >= _FLUSH_BYTES:
                 reader.flush()
-        reader.flush()
         fields, pending = reader.finish()
+        reader.flush()
     except HTTPError:
         raise
     except Exception as exc:  # the server could not deliver the body
@@ -450,7 +475,10 @@ _MAX_BOUNDARY = 70
 
 
 #: File bytes are written to disk in pieces of about this size (in a worker thread).
-_FLUSH_BYTES = 1024 * 1024
+_FLUSH_BYTES = 4 * 1024 * 1024
+
+#: A write of bytes to an upload's file, or (with None) its closing.
+_Job = tuple[IO[bytes], Union[bytes, None]]
 
 
 class _MultipartReader:
@@ -484,6 +512,8 @@ class _MultipartReader:
         self._head = b""
         self._type: str | None = None  # the file part's sniffed type, once known
         self._file: IO[bytes] | None = None
+        self._jobs: list[_Job] = []
+        self._opened: list[IO[bytes]] = []
         self._path: FileIO | None = None
         callbacks: Any = {
             "on_part_begin": self._on_part_begin,
@@ -509,15 +539,32 @@ class _MultipartReader:
         except Exception:
             raise HTTPError(400, "bad_request", "malformed multipart body") from None
 
-    def flush(self) -> None:
-        """Write the file bytes parsed so far to the current file (blocking)."""
-        if self._file is not None and self._data:
+    def take_jobs(self) -> list[_Job]:
+        """The file writes (and closes) parsed so far, in order, for `run_jobs`."""
+        self._queue_data()
+        jobs, self._jobs = self._jobs, []
+        return jobs
+
+    @staticmethod
+    def run_jobs(jobs: list[_Job]) -> None:
+        """Carry out file writes and closes (blocking: a worker thread's job)."""
+        for file, data in jobs:
+            if data is None:
+                file.close()
+                continue
             try:
-                self._file.write(b"".join(self._data))
+                file.write(data)
             except OSError:  # a full disk: the server's trouble, not the client's
                 logger.exception("an upload could not be written to its temporary file")
                 raise HTTPError(500, "internal", "the upload could not be stored") from None
-        if self._file is not None:
+
+    def flush(self) -> None:
+        """Write the file bytes parsed so far (blocking)."""
+        self.run_jobs(self.take_jobs())
+
+    def _queue_data(self) -> None:
+        if self._file is not None and self._data:
+            self._jobs.append((self._file, b"".join(self._data)))
             self._data = []
         self.buffered = 0
 
@@ -536,10 +583,11 @@ class _MultipartReader:
         return self.fields, self.inputs
 
     def close(self) -> None:
-        """Close the file being written, if any (the caller removes the folder)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Close every file it opened (the caller removes the folder)."""
+        for file in self._opened:
+            file.close()
+        self._jobs = []
+        self._file = None
 
     # -- parser callbacks -------------------------------------------------------------
 
@@ -586,8 +634,9 @@ class _MultipartReader:
             if self._type is None:
                 self._decide()
             if self._file is not None:
-                self.flush()
-                self.close()
+                self._queue_data()
+                self._jobs.append((self._file, None))  # closed once written
+                self._file = None
                 assert self._path is not None
                 self.inputs.append(self._path)
                 self._path = None
@@ -617,6 +666,7 @@ class _MultipartReader:
         path = self.uploads.new_file(file_suffix(content_type))
         try:
             self._file = path.open("xb")
+            self._opened.append(self._file)
         except OSError:
             logger.exception("an upload could not be written to its temporary file")
             raise HTTPError(500, "internal", "the upload could not be stored") from None
