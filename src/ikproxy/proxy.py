@@ -23,6 +23,8 @@ from importlib import resources
 from typing import Any, Final, Generic, TypeVar, cast
 from urllib.parse import parse_qsl
 
+import anyio.to_thread
+
 from .__about__ import __version__
 from .deployments import Deployment
 from .model import Progress
@@ -160,7 +162,12 @@ class Proxy:
             raw = await read_body(
                 request, body, self.policy.max_upload_bytes, request_id=request_id
             )
-            spec = parse_run_request(request, raw, self.policy, request_id)
+            if raw:  # images are decoded while parsing: keep that off the event loop
+                spec = await anyio.to_thread.run_sync(
+                    parse_run_request, request, raw, self.policy, request_id
+                )
+            else:
+                spec = parse_run_request(request, raw, self.policy, request_id)
             return await self._start(spec)
         except HTTPError as exc:
             return error_response(exc, request_id)
