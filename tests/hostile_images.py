@@ -40,6 +40,21 @@ def truncated_png() -> bytes:
     return data[: len(data) // 2]
 
 
+def png_bad_crc() -> bytes:
+    """A small PNG with one byte of its pixel data flipped: its chunk CRC no longer matches."""
+    data = bytearray(png(16))
+    at = data.index(b"IDAT") + 6
+    data[at] ^= 0xFF
+    return bytes(data)
+
+
+def truncated_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((128, 128), 64).convert("RGB").save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    return data[: len(data) // 2]
+
+
 def ppm_bomb() -> bytes:
     return b"P6\n100000 100000\n255\n" + b"\x00" * 64
 
@@ -70,6 +85,8 @@ SIGNATURES_ONLY = {
 HOSTILE_IMAGES: dict[str, tuple[bytes, int]] = {
     "png-bomb-20000x20000": (png_bomb(), 413),
     "png-truncated": (truncated_png(), 415),
+    "png-bad-crc": (png_bad_crc(), 415),
+    "jpeg-truncated": (truncated_jpeg(), 415),
     "ppm-bomb": (ppm_bomb(), 415),
     "pgm-bomb": (pgm_bomb(), 415),
     "qoi-bomb": (qoi_bomb(), 415),

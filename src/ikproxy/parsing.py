@@ -223,7 +223,12 @@ async def read_run_request(
     """
     if body is None or not _is_multipart(request):
         raw = await read_body(request, body, policy.max_upload_bytes, request_id=request_id)
-        return parse_run_request(request, raw, policy, request_id, uploads)
+        if not raw:
+            return parse_run_request(request, raw, policy, request_id, uploads)
+        # Images are decoded while parsing: keep that off the event loop.
+        return await anyio.to_thread.run_sync(
+            parse_run_request, request, raw, policy, request_id, uploads
+        )
     format, _ = _query(request)
     limit = _expected_length(request, policy.max_upload_bytes)
     reader = _MultipartReader(request.header("content-type") or "", policy, uploads)
@@ -251,7 +256,11 @@ async def read_run_request(
         with anyio.CancelScope(shield=True):
             await _settle(writing)
         reader.close()
-    return _spec(_single_values(fields, "form"), True, pending, policy, format, request_id)
+    params = _single_values(fields, "form")
+    if not any(isinstance(item, bytes) for item in pending):
+        return _spec(params, True, pending, policy, format, request_id)
+    # Images are verified (decoded) here: off the event loop.
+    return await anyio.to_thread.run_sync(_spec, params, True, pending, policy, format, request_id)
 
 
 async def _write(jobs: list[_Job]) -> None:
