@@ -320,3 +320,8 @@ def test_origins_and_redaction() -> None:
 )
 def test_sniffing(head: bytes, mime: str | None) -> None:
     assert sniff_content_type(head) == mime
+
+
+async def test_an_invalid_url() -> None:
+    with pytest.raises(FetchUnsupportedScheme, match=r"^not a valid URL$"):
+        await fetch_url("http://host:notaport/secret", max_bytes=10, timeout=5)

@@ -162,8 +162,8 @@ async def _fetch(
 ) -> Fetched:
     try:
         current = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise FetchUnsupportedScheme(f"not a valid URL: {exc}") from None
+    except (httpx.InvalidURL, TypeError):
+        raise FetchUnsupportedScheme("not a valid URL") from None
     redirects = 0
     while True:
         shown = redact_url(current)
