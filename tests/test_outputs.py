@@ -253,3 +253,18 @@ def test_django_urls_serve_outputs_under_their_prefix() -> None:
             assert (
                 part.headers["content-range"] == f"bytes {len(BIG) - 10}-{len(BIG) - 1}/{len(BIG)}"
             )
+
+
+def test_ref_wire_form_is_checked_and_an_unbound_ref_says_how_to_read_it() -> None:
+    from ikproxy.io import io_from_json
+
+    ref = io_from_json({"ref": {"url": "outputs/t/0", "kind": "image", "content_type": "image/png", "size": 3}})
+    assert isinstance(ref, RefIO)
+    assert ref.to_json() == {
+        "ref": {"url": "outputs/t/0", "kind": "image", "content_type": "image/png", "size": 3}
+    }
+    with pytest.raises(RuntimeError, match="fetch its url"):
+        ref.read()
+    for bad in ({"kind": "image"}, {"url": 3}, {"url": "x", "size": -1}, {"url": "x", "size": True}):
+        with pytest.raises(ValueError, match="ref"):
+            io_from_json({"ref": bad})
