@@ -21,6 +21,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import weakref
 from collections import OrderedDict
@@ -174,7 +175,7 @@ class OutputStore:
 
     Bounded: at most `max_runs` runs are kept (the oldest go first), and the
     tokens of expired runs are remembered (to answer 410 rather than 404) up to
-    the same number.
+    the same number. Thread-safe: WSGI surfaces read it from their own threads.
     """
 
     def __init__(
@@ -192,27 +193,32 @@ class OutputStore:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._gone: OrderedDict[str, None] = OrderedDict()
         self._dir: Path | None = None
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
-        self._expire()
-        return len(self._entries)
+        with self._lock:
+            self._expire()
+            return len(self._entries)
 
     def put(self, bodies: Sequence[OutputBody | None]) -> str:
         """Keep one run's output bodies (None: inlined) for `window` seconds; return a token."""
-        self._expire()
-        while len(self._entries) >= self.max_runs:
-            token, entry = self._entries.popitem(last=False)
-            self._bury(token, entry)
         token = secrets.token_urlsafe(32)
-        self._entries[token] = _Entry(list(bodies), self.clock() + self.window)
+        with self._lock:
+            self._expire()
+            while len(self._entries) >= self.max_runs:
+                oldest, entry = self._entries.popitem(last=False)
+                self._bury(oldest, entry)
+            self._entries[token] = _Entry(list(bodies), self.clock() + self.window)
         return token
 
     def get(self, token: str, index: int) -> OutputBody:
         """Output `index` of `token`: `KeyError` if unknown, `OutputExpired` if gone."""
-        self._expire()
-        entry = self._entries.get(token)
+        with self._lock:
+            self._expire()
+            entry = self._entries.get(token)
+            gone = entry is None and token in self._gone
         if entry is None:
-            if token in self._gone:
+            if gone:
                 raise OutputExpired(token)
             raise KeyError(token)
         body = entry.bodies[index] if 0 <= index < len(entry.bodies) else None
@@ -222,20 +228,22 @@ class OutputStore:
 
     def file_path(self, suffix: str = "") -> Path:
         """A new file path in the store's own temporary folder (for files it will own)."""
-        if self._dir is None or not self._dir.exists():
-            self._dir = Path(tempfile.mkdtemp(prefix="ikproxy-outputs-"))
-            # Removed by `close()`, or when the store is collected, or at exit.
-            weakref.finalize(self, shutil.rmtree, self._dir, True)
-        return self._dir / (secrets.token_hex(16) + suffix)
+        with self._lock:
+            if self._dir is None or not self._dir.exists():
+                self._dir = Path(tempfile.mkdtemp(prefix="ikproxy-outputs-"))
+                # Removed by `close()`, or when the store is collected, or at exit.
+                weakref.finalize(self, shutil.rmtree, self._dir, True)
+            return self._dir / (secrets.token_hex(16) + suffix)
 
     def close(self) -> None:
         """Forget every output and remove the files the store owns."""
-        while self._entries:
-            token, entry = self._entries.popitem(last=False)
-            self._bury(token, entry)
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        with self._lock:
+            while self._entries:
+                token, entry = self._entries.popitem(last=False)
+                self._bury(token, entry)
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                self._dir = None
 
     def _expire(self) -> None:
         now = self.clock()
