@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -221,12 +222,15 @@ def test_flask_blueprint_serves_outputs_under_its_prefix() -> None:
         assert part.headers["content-length"] == "100"
 
 
-def test_django_urls_serve_outputs_under_their_prefix() -> None:
+@pytest.mark.parametrize("handler", ["wsgi", "asgi"])
+def test_django_urls_serve_outputs_under_their_prefix(handler: str) -> None:
+    from django.core.handlers.asgi import ASGIHandler
     from django.core.handlers.wsgi import WSGIHandler
     from django.test import override_settings
     from django.urls import include, path
 
     import ikproxy.adapters.django
+    from ikproxy.browser import run
 
     from . import test_adapter_django  # noqa: F401  (configures Django as the adapter tests do)
 
@@ -241,18 +245,29 @@ def test_django_urls_serve_outputs_under_their_prefix() -> None:
             ),
         )
     ]
+    base = "http://testserver/site/api"
     with override_settings(ROOT_URLCONF=urlconf):
-        transport = httpx.WSGITransport(app=WSGIHandler())
-        with httpx.Client(transport=transport, base_url="http://testserver") as http:
-            results = run_sync("http://testserver/site/api/run", client=http)
-            ref = results.get_output(0, expect=RefIO)
-            assert ref.url.startswith("http://testserver/site/api/outputs/")
-            assert ref.read() == BIG
-            part = http.get(ref.url, headers={"Range": "bytes=-10", "Accept-Encoding": "gzip"})
-            assert (part.status_code, part.content) == (206, BIG[-10:])
-            assert (
-                part.headers["content-range"] == f"bytes {len(BIG) - 10}-{len(BIG) - 1}/{len(BIG)}"
-            )
+        if handler == "wsgi":
+            transport = httpx.WSGITransport(app=WSGIHandler())
+            with httpx.Client(transport=transport, base_url="http://testserver") as http:
+                ref = run_sync(f"{base}/run", client=http).get_output(0, expect=RefIO)
+                body = ref.read()
+                part = http.get(ref.url, headers={"Range": "bytes=-10", "Accept-Encoding": "gzip"})
+        else:
+
+            async def fetch() -> tuple[RefIO, bytes, httpx.Response]:
+                transport = httpx.ASGITransport(app=ASGIHandler())
+                async with httpx.AsyncClient(transport=transport) as http:
+                    ref = (await run(f"{base}/run", client=http)).get_output(0, expect=RefIO)
+                    body = await ref.aread()
+                    headers = {"Range": "bytes=-10", "Accept-Encoding": "gzip"}
+                    return ref, body, await http.get(ref.url, headers=headers)
+
+            ref, body, part = anyio.run(fetch)
+    assert ref.url.startswith(f"{base}/outputs/")
+    assert body == BIG
+    assert (part.status_code, part.content) == (206, BIG[-10:])
+    assert part.headers["content-range"] == f"bytes {len(BIG) - 10}-{len(BIG) - 1}/{len(BIG)}"
 
 
 def test_ref_wire_form_is_checked_and_an_unbound_ref_says_how_to_read_it() -> None:
