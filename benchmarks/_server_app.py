@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qsl
 
 import anyio
 from sse_starlette import EventSourceResponse
@@ -12,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from ikproxy.server import to_streaming_response
 
@@ -87,7 +89,7 @@ async def health(request: Request) -> Response:
     return Response("ok")
 
 
-app = Starlette(
+_starlette = Starlette(
     routes=[
         Route("/ours/{kind}", ours),
         Route("/peer/{kind}", peer),
@@ -95,3 +97,40 @@ app = Starlette(
         Route("/health", health),
     ]
 )
+
+
+async def _raw_floor(scope: Scope, receive: Receive, send: Send) -> None:
+    """The floor without Starlette: a bare ASGI callable writing constant bytes."""
+    headers = [(b"content-type", b"text/event-stream")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    async for _ in _source_of(scope):
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"event: progress\ndata: {}\n\n",
+                "more_body": True,
+            }
+        )
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _raw_ours(scope: Scope, receive: Receive, send: Send) -> None:
+    """ikproxy's response called as a bare ASGI app: no routing, no middleware."""
+    await to_streaming_response(_source_of(scope), keepalive=15.0)(scope, receive, send)
+
+
+def _source_of(scope: Scope) -> AsyncIterator[dict[str, Any]]:
+    kind = scope["path"].rsplit("/", 1)[1]
+    query = dict(parse_qsl(scope["query_string"].decode()))
+    return {"many": _many, "big": _big, "tick": _tick}[kind](int(query.get("n", "1")))
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    """Routes `/raw-floor/...` and `/raw-ours/...` past Starlette; the rest to it."""
+    path = scope.get("path", "")
+    if path.startswith("/raw-floor/"):
+        await _raw_floor(scope, receive, send)
+    elif path.startswith("/raw-ours/"):
+        await _raw_ours(scope, receive, send)
+    else:
+        await _starlette(scope, receive, send)

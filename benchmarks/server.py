@@ -172,10 +172,13 @@ def bench_concurrent(count: int, seconds: int, repeats: int) -> dict[str, tuple[
     """(RSS growth per stream, server CPU): the best of `repeats` runs, each on a fresh server.
 
     "floor" is a bare Starlette StreamingResponse of constant bytes over the same
-    upstream: what any Starlette response costs here, for scale.
+    upstream: what any Starlette response costs here, for scale; "raw-floor" the same
+    bytes from a bare ASGI callable (what uvicorn alone costs), and "raw-ours"
+    ikproxy's response called as a bare ASGI app, past Starlette's routing and
+    middleware.
     """
     out = {}
-    for peer in (*PEERS, "floor"):
+    for peer in (*PEERS, "floor", "raw-floor", "raw-ours"):
         runs = []
         for _ in range(repeats):
             with _server() as (url, pid):
@@ -220,6 +223,16 @@ def main() -> None:
     print(
         "  for scale, a bare Starlette StreamingResponse of constant bytes (the floor): "
         f"{floor_kib:.1f} KiB per stream, {floor_cpu:.3f} s CPU"
+    )
+    raw_kib, raw_cpu = conc["raw-floor"]
+    print(
+        "  the same bytes from a bare ASGI callable (uvicorn alone): "
+        f"{raw_kib:.1f} KiB per stream, {raw_cpu:.3f} s CPU"
+    )
+    bare_kib, bare_cpu = conc["raw-ours"]
+    print(
+        "  ikproxy's response as a bare ASGI app (no routing, no middleware): "
+        f"{bare_kib:.1f} KiB per stream, {bare_cpu:.3f} s CPU"
     )
 
 

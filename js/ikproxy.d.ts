@@ -73,23 +73,68 @@ export declare class IncompleteStream extends IkproxyError {
   code: "incomplete_stream";
 }
 
-/** An encoded image output, carried as base64 on the wire. */
+/** The wire form of an output by reference. */
+export interface RefJSON {
+  url: string;
+  kind: string;
+  content_type: string;
+  size: number | null;
+}
+
+/**
+ * An output the proxy serves by reference (a video, a large image, a stored file).
+ * `url` is absolute once the stream is read (resolved against the run's URL).
+ */
+export declare class RefOutput {
+  constructor(data: Partial<RefJSON> & { url: string });
+  readonly kind: "ref";
+  url: string;
+  /** What it stands for: "image", "storage_object" or "file". */
+  readonly of: string;
+  /** Its media type, e.g. "video/mp4". */
+  readonly contentType: string;
+  readonly size: number | null;
+  resolve(base: string | URL): this;
+  /** GET it (`init` as for `fetch`, e.g. a `Range` header); rejects with a StreamError on an error status. */
+  fetch(init?: RequestInit): Promise<Response>;
+  fetchBlob(): Promise<Blob>;
+  fetchBytes(): Promise<Uint8Array>;
+  toJSON(): { ref: RefJSON };
+}
+
+/**
+ * An encoded image output: base64 on the wire, or served by reference when large
+ * (`byReference`). `url` works as `<img src>` either way.
+ */
 export declare class ImageOutput {
-  constructor(base64: string);
+  constructor(base64: string | null, ref?: RefOutput | null);
   readonly kind: "image";
-  readonly base64: string;
-  /** The encoded file bytes (decoded once, on first use). */
+  /** The base64 text as it came on the wire; null when by reference. */
+  readonly base64: string | null;
+  readonly ref: RefOutput | null;
+  readonly byReference: boolean;
+  /** The encoded file bytes (decoded once); a TypeError when by reference (use `fetchBytes()`). */
   readonly bytes: Uint8Array;
   /** "PNG", "JPEG", "GIF", "BMP", "TIFF", "ICO", "WEBP", "AVIF", or null. */
   readonly format: string | null;
   /** Sniffed from the bytes; "application/octet-stream" if unknown. */
   readonly mimeType: string;
-  /** A `data:image/...;base64,...` URL; throws a TypeError for an unknown format. */
+  /** For `<img src>`: the reference's URL, or the data URL. */
+  readonly url: string;
+  /**
+   * A `data:image/...;base64,...` URL (a TypeError for an unknown format); for an image
+   * by reference, its URL (use `toDataUrl()` for a real data URL).
+   */
   readonly dataUrl: string;
+  /** A `data:` URL, downloading the image first when it is by reference. */
+  toDataUrl(): Promise<string>;
+  /** Inline images only (a TypeError when by reference: use `fetchBlob()`). */
   toBlob(): Blob;
-  /** A `blob:` URL; revoke it with `URL.revokeObjectURL` when done. */
+  fetchBlob(): Promise<Blob>;
+  fetchBytes(): Promise<Uint8Array>;
+  /** A `blob:` URL (revoke it with `URL.revokeObjectURL`); by reference, its own URL. */
   objectUrl(): string;
-  toJSON(): { image: string };
+  toJSON(): { image: string } | { ref: RefJSON };
 }
 
 /** A file held in SCALE storage. */
@@ -110,7 +155,7 @@ export declare class TaskOutput<T = unknown> {
   toJSON(): Record<string, T>;
 }
 
-export type Output = ImageOutput | StorageObjectOutput | TaskOutput;
+export type Output = ImageOutput | RefOutput | StorageObjectOutput | TaskOutput;
 
 export declare function outputFromJSON(obj: unknown): Output;
 export declare function sniffImage(head: Uint8Array): { format: string; mimeType: string } | null;
@@ -128,6 +173,8 @@ export declare class Results implements Iterable<Output> {
   getOutputs(): Output[];
   /** The first image output, or null. */
   firstImage(): ImageOutput | null;
+  /** Resolve the URLs of the outputs by reference against `base` (done by `run()` and the stream consumers). */
+  resolveUrls(base: string | URL): this;
   [Symbol.iterator](): Iterator<Output>;
   toJSON(): { uuid: string | null; outputs: Record<string, unknown>[] };
   static fromJSON(obj: unknown): Results;

@@ -126,27 +126,112 @@ function isPlainObject(value) {
   return value !== null && typeof value === "object" && !Array.isArray(value);
 }
 
-/** An encoded image output (PNG, JPEG, ...), carried as base64 on the wire. */
+/**
+ * An output the proxy serves by reference (a video, a large image, a stored file):
+ * `{"ref": {"url", "kind", "content_type", "size"}}` on the wire. `url` is resolved
+ * against the run request's URL once the stream is read, so it works as `<video src>`
+ * or `<a href>` as is; the bytes are downloaded only when asked for.
+ */
+export class RefOutput {
+  constructor(data) {
+    if (!isPlainObject(data) || typeof data.url !== "string") {
+      throw new TypeError("a ref output must be a JSON object with a string 'url'");
+    }
+    this.kind = "ref";
+    /** The URL of the output (relative on the wire, absolute once resolved). */
+    this.url = data.url;
+    /** The kind of output it stands for: "image", "storage_object" or "file". */
+    this.of = typeof data.kind === "string" ? data.kind : "file";
+    /** Its media type, e.g. "video/mp4". */
+    this.contentType = typeof data.content_type === "string" ? data.content_type : "application/octet-stream";
+    /** Its size in bytes, or null. */
+    this.size = Number.isInteger(data.size) ? data.size : null;
+  }
+
+  /** Resolve `url` against `base` (the URL of the run request). */
+  resolve(base) {
+    this.url = new URL(this.url, base).href;
+    return this;
+  }
+
+  /** GET the output (`init` as for `fetch`, e.g. a `Range` header); rejects on an error status. */
+  async fetch(init = {}) {
+    const response = await globalThis.fetch(this.url, init);
+    if (!response.ok) throw await httpError(response);
+    return response;
+  }
+
+  /** The output as a `Blob` (downloaded). */
+  async fetchBlob() {
+    const blob = await (await this.fetch()).blob();
+    return blob.type ? blob : new Blob([blob], { type: this.contentType });
+  }
+
+  /** The output's bytes (downloaded). */
+  async fetchBytes() {
+    return new Uint8Array(await (await this.fetch()).arrayBuffer());
+  }
+
+  toJSON() {
+    return { ref: { url: this.url, kind: this.of, content_type: this.contentType, size: this.size } };
+  }
+}
+
+function blobToDataUrl(blob) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+}
+
+/**
+ * An encoded image output (PNG, JPEG, ...): carried as base64 on the wire, or, when
+ * large, served by reference (`byReference`, its `ref` a `RefOutput`). `url` works as
+ * `<img src>` either way; the sync byte views (`bytes`, `toBlob()`) need an inline
+ * image, their async twins (`fetchBytes()`, `fetchBlob()`, `toDataUrl()`) work for both.
+ */
 export class ImageOutput {
-  constructor(base64) {
-    if (typeof base64 !== "string") {
+  constructor(base64, ref = null) {
+    if (ref === null && typeof base64 !== "string") {
       throw new TypeError(`image output must be a base64 string, not ${typeName(base64)}`);
     }
     this.kind = "image";
-    /** The image file as base64 text, as it came on the wire. */
-    this.base64 = base64;
+    /** The image file as base64 text, as it came on the wire (null when by reference). */
+    this.base64 = ref === null ? base64 : null;
+    /** The reference, when the image is served by the proxy instead of inlined. */
+    this.ref = ref;
     this._bytes = null;
     this._sniffed = undefined;
   }
 
-  /** The encoded image file bytes (decoded once, on first use). */
+  /** True when the image is served by reference (download it with `fetchBytes()`). */
+  get byReference() {
+    return this.ref !== null;
+  }
+
+  _inline(what) {
+    if (this.ref !== null) {
+      throw new TypeError(`this image is served by reference: use ${what} (async) or its url`);
+    }
+  }
+
+  /** The encoded image file bytes (decoded once, on first use); inline images only. */
   get bytes() {
+    this._inline("fetchBytes()");
     if (this._bytes === null) this._bytes = base64ToBytes(this.base64);
     return this._bytes;
   }
 
   _sniff() {
     if (this._sniffed === undefined) {
+      if (this.ref !== null) {
+        // The proxy sniffed it from the bytes: image/png gives "PNG", and so on.
+        const mimeType = this.ref.contentType;
+        this._sniffed = mimeType.startsWith("image/") ? { format: mimeType.slice(6).toUpperCase(), mimeType } : null;
+        return this._sniffed;
+      }
       let head;
       try {
         head = this._bytes ?? base64ToBytes(this.base64.slice(0, 24));
@@ -168,25 +253,55 @@ export class ImageOutput {
     return this._sniff()?.mimeType ?? "application/octet-stream";
   }
 
-  /** A `data:image/...;base64,...` URL, ready for `<img src>`. */
+  /** A URL for `<img src>`: the reference's URL, or the inline image's data URL. */
+  get url() {
+    return this.ref !== null ? this.ref.url : this.dataUrl;
+  }
+
+  /**
+   * A `data:image/...;base64,...` URL, ready for `<img src>`. For an image served by
+   * reference, its URL (equally ready for `<img src>`); `await toDataUrl()` gives a data URL.
+   */
   get dataUrl() {
+    if (this.ref !== null) return this.ref.url;
     const sniffed = this._sniff();
     if (sniffed === null) throw new TypeError("image output is not in a format a browser can show");
     return `data:${sniffed.mimeType};base64,${this.base64}`;
   }
 
-  /** The image as a `Blob` of its sniffed MIME type. */
+  /** A `data:` URL of the image, downloading it first when it is served by reference. */
+  async toDataUrl() {
+    if (this.ref === null) return this.dataUrl;
+    return blobToDataUrl(await this.fetchBlob());
+  }
+
+  /** The image as a `Blob` of its sniffed MIME type; inline images only (else `fetchBlob()`). */
   toBlob() {
+    this._inline("fetchBlob()");
     return new Blob([this.bytes], { type: this.mimeType });
   }
 
-  /** A `blob:` URL for the image (lighter than a data URL); revoke it with `URL.revokeObjectURL`. */
+  /** The image as a `Blob`, downloaded when it is served by reference. */
+  async fetchBlob() {
+    return this.ref === null ? this.toBlob() : this.ref.fetchBlob();
+  }
+
+  /** The image's bytes, downloaded when it is served by reference. */
+  async fetchBytes() {
+    return this.ref === null ? this.bytes : this.ref.fetchBytes();
+  }
+
+  /**
+   * A URL for the image that is lighter than a data URL: a `blob:` URL (revoke it with
+   * `URL.revokeObjectURL`), or, for an image served by reference, its own URL.
+   */
   objectUrl() {
+    if (this.ref !== null) return this.ref.url;
     return URL.createObjectURL(this.toBlob());
   }
 
   toJSON() {
-    return { image: this.base64 };
+    return this.ref !== null ? this.ref.toJSON() : { image: this.base64 };
   }
 }
 
@@ -235,6 +350,10 @@ export function outputFromJSON(obj) {
   const kind = keys[0];
   if (kind === "image") return new ImageOutput(obj.image);
   if (kind === "storage_object") return new StorageObjectOutput(obj.storage_object);
+  if (kind === "ref") {
+    const ref = new RefOutput(obj.ref);
+    return ref.of === "image" ? new ImageOutput(null, ref) : ref;
+  }
   return new TaskOutput(kind, obj[kind]);
 }
 
@@ -270,6 +389,15 @@ export class Results {
   /** All outputs, in order. */
   getOutputs() {
     return [...this.outputs];
+  }
+
+  /** Resolve the URLs of the outputs served by reference against `base` (the run's URL). */
+  resolveUrls(base) {
+    for (const output of this.outputs) {
+      if (output instanceof RefOutput) output.resolve(base);
+      else if (output instanceof ImageOutput && output.ref !== null) output.ref.resolve(base);
+    }
+    return this;
   }
 
   /** The first image output, or null: the common case in one call. */
@@ -858,7 +986,9 @@ async function consumeResponse(response, onProgress, reader) {
   if (!response.ok) throw await httpError(response);
   if (response.body === null) throw new IncompleteStream("the response has no body");
   reader.format = formatOf(response);
-  return consume(response.body, reader, onProgress, (chunk) => reader.feed(asBytes(chunk)));
+  const results = await consume(response.body, reader, onProgress, (chunk) => reader.feed(asBytes(chunk)));
+  // Outputs by reference come with URLs relative to the run request's URL.
+  return results.resolveUrls(response.url || baseUrl());
 }
 
 // A resumable run's event ids are `<token>:<n>` (see docs/protocol.md).

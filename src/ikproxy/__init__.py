@@ -30,7 +30,7 @@ from .errors import (
     WorkflowFailed,
 )
 from .fetch import Fetched, fetch_url
-from .io import BaseIO, FileIO, ImageIO, StorageObjectIO, TaskIO
+from .io import BaseIO, FileIO, ImageIO, RefIO, StorageObjectIO, TaskIO
 from .model import Progress, Results, State
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "InvalidParameter",
     "LocalDeployment",
     "Progress",
+    "RefIO",
     "Results",
     "RunNotFound",
     "RunTimeout",

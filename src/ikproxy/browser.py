@@ -21,6 +21,7 @@ import anyio
 from .codecs.ndjson import NDJSONDecoder, NDJSONError
 from .codecs.sse import SSEDecoder, SSEError
 from .errors import IkproxyError, IncompleteStream, StreamError
+from .io import RefIO
 from .model import Progress, Results
 from .protocol import ERROR, KEEPALIVE, NDJSON_MEDIA_TYPE, PROGRESS, RESULT, SSE_MEDIA_TYPE
 from .runs import parse_position
@@ -284,16 +285,58 @@ async def process_streaming_response(
 
     An HTTP error status raises `StreamError` with the body's error code and
     message (and `.status_code`); a connection lost mid-stream raises
-    `IncompleteStream`.
+    `IncompleteStream`. Outputs by reference (`RefIO`) get their absolute URL
+    and download on first `aread()` / `read()`.
     """
-    return await _consume(response, _Reader(), on_progress)
+    results = await _consume(response, _Reader(), on_progress)
+    return _bind_refs(results, response, _Fetcher())
 
 
 def process_streaming_response_sync(
     response: httpx.Response, on_progress: OnProgress | None = None
 ) -> Results:
     """The sync twin of `process_streaming_response`, for `httpx.Client` responses."""
-    return _consume_sync(response, _Reader(), on_progress)
+    return _bind_refs(_consume_sync(response, _Reader(), on_progress), response, _Fetcher())
+
+
+class _Fetcher:
+    """Downloads outputs by reference: with the caller's httpx client when there is one."""
+
+    def __init__(
+        self, client: httpx.AsyncClient | None = None, sync_client: httpx.Client | None = None
+    ) -> None:
+        self.client = client
+        self.sync_client = sync_client
+
+    async def aget(self, url: str) -> bytes:
+        import httpx
+
+        if self.client is not None and not self.client.is_closed:
+            return _checked(await self.client.get(url))
+        async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as http:
+            return _checked(await http.get(url))
+
+    def get(self, url: str) -> bytes:
+        import httpx
+
+        if self.sync_client is not None and not self.sync_client.is_closed:
+            return _checked(self.sync_client.get(url))
+        with httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0)) as http:
+            return _checked(http.get(url))
+
+
+def _checked(response: httpx.Response) -> bytes:
+    if response.status_code >= 400:
+        raise _http_error(response, response.content)
+    return response.content
+
+
+def _bind_refs(results: Results, response: httpx.Response, fetcher: _Fetcher) -> Results:
+    """Resolve each `RefIO`'s URL against the run request's URL, and let it download."""
+    for output in results.outputs:
+        if isinstance(output, RefIO):
+            output.bind(str(response.url.join(output.url)), fetcher)
+    return results
 
 
 async def _consume(
@@ -408,7 +451,8 @@ async def run(
             except httpx.TransportError as exc:
                 raise StreamError("network_error", "The server could not be reached.") from exc
             try:
-                return await _consume(response, reader, on_progress)
+                results = await _consume(response, reader, on_progress)
+                return _bind_refs(results, response, _Fetcher(None if own else http))
             except IncompleteStream:
                 if attempt == resume or not _is_resume_position(reader.last_id):
                     raise
@@ -449,7 +493,8 @@ def run_sync(
             except httpx.TransportError as exc:
                 raise StreamError("network_error", "The server could not be reached.") from exc
             try:
-                return _consume_sync(response, reader, on_progress)
+                results = _consume_sync(response, reader, on_progress)
+                return _bind_refs(results, response, _Fetcher(sync_client=None if own else http))
             except IncompleteStream:
                 if attempt == resume or not _is_resume_position(reader.last_id):
                     raise

@@ -310,10 +310,12 @@ def _read_image(path: Path) -> tuple[str, bytes]:
 
 
 def _write_results(results: Any, output: Path | None) -> int:
-    from .io import ImageIO
+    from .io import ImageIO, RefIO
 
     image_written = False
     for index, item in enumerate(results.get_outputs()):
+        if isinstance(item, RefIO) and item.of == "image" and output is not None:
+            item = item.to_image()  # a large image the proxy serves by reference
         if isinstance(item, ImageIO) and not image_written:
             image_written = True
             if output is None:

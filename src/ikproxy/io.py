@@ -25,6 +25,7 @@ __all__ = [
     "FileIO",
     "ImageIO",
     "InputLike",
+    "RefIO",
     "StorageObjectIO",
     "TaskIO",
     "as_inputs",
@@ -237,7 +238,7 @@ def _sniff_with_pillow(data: bytes) -> tuple[str, str] | None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             fmt = image.format
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         return None
     mime = Image.MIME.get(fmt) if fmt else None
     return (fmt, mime) if fmt and mime else None
@@ -398,6 +399,8 @@ def io_from_json(obj: Any) -> BaseIO:
         return ImageIO.from_base64(data)
     if kind == "storage_object":
         return StorageObjectIO(data)
+    if kind == "ref":
+        return RefIO.from_json(data)
     return TaskIO(kind, data)
 
 
@@ -462,3 +465,98 @@ def _is_pil_image(value: object) -> bool:
     from PIL import Image
 
     return isinstance(value, Image.Image)
+
+
+class RefIO(BaseIO):
+    """An output by reference: `{"ref": {"url", "kind", "content_type", "size"}}`.
+
+    A large output (a video, a big image, a stored file) that the proxy serves
+    at `url` instead of inlining it in the stream. On the wire `url` is relative
+    to the URL of the run request (`outputs/<token>/<index>`); the consumers of
+    `ikproxy.browser` resolve it and fetch the bytes lazily, on first `read()`.
+    `of` is the kind of output it stands for (`image`, `storage_object`, `file`).
+    """
+
+    kind: ClassVar[str] = "ref"  # type: ignore[misc]
+    __slots__ = ("_data", "_fetch", "content_type", "of", "size", "url")
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        of: str = "file",
+        content_type: str = "application/octet-stream",
+        size: int | None = None,
+    ) -> None:
+        self.url = url
+        self.of = of
+        self.content_type = content_type
+        self.size = size
+        self._data: bytes | None = None
+        self._fetch: Any = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> RefIO:
+        """A reference from its wire data; `ValueError` saying what is wrong otherwise."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("url"), str):
+            raise ValueError("a ref output must be a JSON object with a string 'url'")
+        size = data.get("size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            raise ValueError("ref.size must be a non-negative integer or null")
+        of = data.get("kind", "file")
+        content_type = data.get("content_type", "application/octet-stream")
+        if not isinstance(of, str) or not isinstance(content_type, str):
+            raise ValueError("ref.kind and ref.content_type must be strings")
+        return cls(data["url"], of=of, content_type=content_type, size=size)
+
+    def bind(self, url: str, fetch: Any) -> None:
+        """Set the absolute URL and the fetcher (`ikproxy.browser` does, when it reads a stream).
+
+        `fetch` has `get(url) -> bytes` and/or an async `aget(url) -> bytes`.
+        """
+        self.url = url
+        self._fetch = fetch
+
+    def read(self) -> bytes:
+        """The output's bytes, downloaded on first use (sync)."""
+        if self._data is None:
+            if self._fetch is None:
+                raise RuntimeError("this ref output was not read from a stream: fetch its url")
+            self._data = self._fetch.get(self.url)
+        return self._data
+
+    async def aread(self) -> bytes:
+        """The output's bytes, downloaded on first use."""
+        if self._data is None:
+            if self._fetch is None:
+                raise RuntimeError("this ref output was not read from a stream: fetch its url")
+            self._data = await self._fetch.aget(self.url)
+        return self._data
+
+    def to_image(self) -> ImageIO:
+        """The output as an `ImageIO` (downloads it, sync)."""
+        return ImageIO.from_bytes(self.read())
+
+    async def ato_image(self) -> ImageIO:
+        """The output as an `ImageIO` (downloads it)."""
+        return ImageIO.from_bytes(await self.aread())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ref": {
+                "url": self.url,
+                "kind": self.of,
+                "content_type": self.content_type,
+                "size": self.size,
+            }
+        }
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RefIO):
+            return NotImplemented
+        return self.to_json() == other.to_json()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<RefIO {self.of} {self.content_type} {self.size} bytes>"

@@ -90,7 +90,10 @@ def run_docs(policy: Policy) -> tuple[list[dict[str, Any]], dict[str, Any], dict
         schema = {"type": "object", "properties": fields}
         return {"schema": {**schema, "required": required} if required else schema}
 
-    text = {"type": "string", "description": "a data: URL or base64 image"}
+    text = {
+        "type": "string",
+        "description": "a data: URL or base64 image, or an http(s) URL where allowed",
+    }
     body = {
         "application/json": form({"oneOf": [text, {"type": "array", "items": text}]}),
         "multipart/form-data": form({"type": "string", "format": "binary"}),

@@ -227,6 +227,7 @@ class Policy:
     * `fixed_parameters`: sent on every run; a browser cannot see or override them.
     * `task`: the deployment task to run (None: its default).
     * `max_inputs`, `max_upload_bytes`: image uploads per request and the request body limit.
+    * `max_image_pixels`: the largest image accepted (width times height; 413 beyond).
     * `authorize(request)`, `rate_limit` / `rate_limit_key(request)`: access hooks, given
       the framework's own request object.
     * `timeout`: a deadline per run in seconds; `keepalive`: the idle interval for
@@ -243,6 +244,22 @@ class Policy:
       run (SCALE), event ids carry a sealed reference to the upstream run (see
       `ikproxy.sealed`), so any instance sharing the secret resumes the run: bytes
       or str of at least 32 bytes, kept as secret as the SCALE token.
+    * `accept`: the media types a browser may upload (`"image/*"`, `"video/mp4"`,
+      `"video/*"`, `"*/*"`), checked on the bytes' magic numbers. Images are verified
+      and sent inline; anything else is written to a temporary file and reaches the
+      deployment as a `FileIO` (SCALE storage, or a path for a local task). The
+      `max_upload_bytes` limit applies to the whole body: raise it for videos.
+    * `allow_input_urls`: the origins (`"https://images.example.com"`) from which a
+      browser may give an input as a URL (`{"image": "https://..."}`, or an
+      `image_url` field); none by default. The proxy fetches it within
+      `max_upload_bytes` and `input_url_timeout` seconds, never from a private,
+      loopback or link-local address unless `allow_private_input_urls`, and checks
+      every redirect the same way.
+    * `inline_output_limit`: an image output larger than this many bytes reaches the
+      browser by reference (a URL under the proxy's mount, see `ikproxy.outputs`),
+      as stored outputs always do; None inlines every image. `output_window`: how
+      long after the run such URLs work, in seconds. `presigned_outputs`: hand out
+      the storage's own presigned URL for a stored output instead of streaming it.
     """
 
     parameters: Mapping[str, Param | type] | type[Any] | ModelParameters = field(
@@ -252,6 +269,7 @@ class Policy:
     task: str | None = None
     max_inputs: int = 1
     max_upload_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
     authorize: Authorize | None = None
     rate_limit: RateLimiter | None = field(default_factory=TokenBucket)
     rate_limit_key: Callable[[Any], MaybeAwaitable[str]] | None = None
@@ -263,6 +281,13 @@ class Policy:
     store: Store | None = None
     max_active_runs: int | None = None
     resume_secret: bytes | str | None = field(default=None, repr=False)
+    accept: Sequence[str] = ("image/*",)
+    allow_input_urls: Sequence[str] = ()
+    allow_private_input_urls: bool = False
+    input_url_timeout: float = 30.0
+    inline_output_limit: int | None = 1_000_000
+    output_window: float = 300.0
+    presigned_outputs: bool = False
 
     def __post_init__(self) -> None:
         from .params import ModelParameters, is_model, model_parameters
@@ -292,8 +317,16 @@ class Policy:
             raise ValueError("max_active_runs must be at least 1")
         if self.resume_secret is not None and self.resume_window is None:
             raise ValueError("resume_secret needs resume_window (how long a run stays resumable)")
+        if isinstance(self.accept, str) or isinstance(self.allow_input_urls, str):
+            raise TypeError("accept and allow_input_urls take a list of strings")
+        if self.output_window <= 0:
+            raise ValueError("output_window must be a positive number of seconds")
+        if self.inline_output_limit is not None and self.inline_output_limit < 0:
+            raise ValueError("inline_output_limit must not be negative")
         if self.max_upload_bytes < 0 or self.max_inputs < 0:
             raise ValueError("max_upload_bytes and max_inputs must not be negative")
+        if self.max_image_pixels < 1:
+            raise ValueError("max_image_pixels must be at least 1")
 
     def validate(self, raw: Mapping[str, Any], *, from_text: bool) -> dict[str, Any]:
         """The browser's parameters checked against the allow-list, plus the fixed ones.

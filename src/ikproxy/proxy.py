@@ -15,6 +15,7 @@ the active-run cap (429), then the run is submitted (its refusal gives
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json
@@ -31,14 +32,14 @@ from .caps import ActiveRuns
 from .deployments import Deployment, SupportsAttach
 from .errors import RunNotFound
 from .model import Progress
+from .outputs import Opener, OutputStore, by_reference, serve, storage_opener
 from .ownership import Attach
 from .parsing import (
     ProxyRequest,
     RunSpec,
     negotiate_format,
-    parse_run_request,
-    read_body,
-    read_body_sync,
+    read_run_request,
+    read_run_request_sync,
 )
 from .policy import HTTPError, Policy, RateLimiter, SharedTokenBucket, TokenBucket
 from .protocol import (
@@ -60,7 +61,9 @@ from .server import (
     stream_headers,
     to_readable_stream,
 )
+from .storage import Storage
 from .stores import MemoryStore, Store, StoreUnavailable
+from .uploads import UploadDir, resolve_inputs
 
 __all__ = [
     "METHODS",
@@ -164,6 +167,8 @@ class Proxy:
         self.sealer = (
             sealer if isinstance(deployment, SupportsAttach) and not self.store.shared else None
         )
+        #: The outputs served by reference (`/outputs/<token>/<index>`).
+        self.outputs = OutputStore(self.policy.output_window)
 
     def _attacher(self) -> Attach | None:
         """How to follow a run of the deployment by its upstream id, when it can."""
@@ -187,12 +192,17 @@ class Proxy:
             position = self._resume_position(request)
             if position is not None:
                 return await self._resume(*position, request_id, self._caller_key(request))
-            raw = await read_body(request, body, self.policy.max_upload_bytes)
-            spec = parse_run_request(request, raw, self.policy, request_id)
-            key = self._caller_key(request)
-            if inspect.isawaitable(key):
-                key = await key
-            return await self._start(spec, key)
+            uploads = UploadDir()
+            try:
+                spec = await read_run_request(request, body, self.policy, request_id, uploads)
+                await resolve_inputs(spec.inputs, self.policy, uploads)
+                key = self._caller_key(request)
+                if inspect.isawaitable(key):
+                    key = await key
+                return await self._start(spec, key, _base(request), uploads)
+            except BaseException:
+                uploads.close()
+                raise
         except HTTPError as exc:
             return error_response(exc, request_id)
         except StoreUnavailable as exc:
@@ -210,7 +220,7 @@ class Proxy:
         try:
             route = self._route(request)
             if route is not None:
-                return SyncProxyResponse(route.status, route.headers, cast(bytes, route.body))
+                return _sync(route)
             pending = self._admit(request)
             if inspect.isawaitable(pending):
                 blocking_portal().call(_resolve, pending)
@@ -219,10 +229,17 @@ class Proxy:
                 key = self._caller_key(request)
                 response = blocking_portal().call(self._resume, *position, request_id, key)
             else:
-                raw = read_body_sync(request, body, self.policy.max_upload_bytes)
-                spec = parse_run_request(request, raw, self.policy, request_id)
-                key = self._caller_key(request)
-                response = blocking_portal().call(self._start_with_key, spec, key)
+                uploads = UploadDir()
+                try:
+                    spec = read_run_request_sync(request, body, self.policy, request_id, uploads)
+                    blocking_portal().call(resolve_inputs, spec.inputs, self.policy, uploads)
+                    key = self._caller_key(request)
+                    response = blocking_portal().call(
+                        self._start_with_key, spec, key, _base(request), uploads
+                    )
+                except BaseException:
+                    uploads.close()
+                    raise
         except HTTPError as exc:
             response = error_response(exc, request_id)
         except StoreUnavailable as exc:
@@ -259,6 +276,16 @@ class Proxy:
             return _json_response(
                 200, {"status": "ok", "protocol": PROTOCOL_VERSION, "version": __version__}
             )
+        if path.startswith("/outputs/"):
+            if method not in ("GET", "HEAD"):
+                raise HTTPError(
+                    405,
+                    "method_not_allowed",
+                    f"method {method} not allowed on an output",
+                    headers={"Allow": "GET, HEAD"},
+                )
+            status, headers, content = serve(self.outputs, path, method, request.header("range"))
+            return ProxyResponse(status, headers, content)
         if path in _ASSETS:
             if method not in ("GET", "HEAD"):
                 raise HTTPError(
@@ -331,16 +358,21 @@ class Proxy:
 
     # -- running ------------------------------------------------------------------
 
-    async def _start_with_key(self, spec: RunSpec, key: Any) -> ProxyResponse:
+    async def _start_with_key(
+        self, spec: RunSpec, key: Any, base: str, uploads: UploadDir
+    ) -> ProxyResponse:
         if inspect.isawaitable(key):
             key = await key
-        return await self._start(spec, key)
+        return await self._start(spec, key, base, uploads)
 
-    async def _start(self, spec: RunSpec, key: Any = None) -> ProxyResponse:
+    async def _start(
+        self, spec: RunSpec, key: Any = None, base: str = "", uploads: UploadDir | None = None
+    ) -> ProxyResponse:
         """Submit the run and wait for its first progress, so a refusal is a real HTTP error.
 
         The active-run slot and the store's run log are taken first, so that a
-        refusal of either leaves no run behind.
+        refusal of either leaves no run behind. The run owns `uploads` (its
+        files): they are removed when its stream ends.
         """
         policy = self.policy
         slot = await self.active_runs.acquire(str(key)) if self.active_runs is not None else None
@@ -359,6 +391,7 @@ class Proxy:
         )
         if slot is not None and self.active_runs is not None:
             stream = self.active_runs.hold(slot, stream)
+        stream = self._by_reference(stream, base, uploads)
         try:
             first = await _first(stream, spec.request_id)
         except HTTPError:
@@ -392,6 +425,37 @@ class Proxy:
             finish_on_disconnect=policy.finish_on_disconnect,
         )
         return ProxyResponse(200, headers, body)
+
+    async def _by_reference(
+        self, stream: AsyncIterator[Progress], base: str, uploads: UploadDir | None
+    ) -> AsyncIterator[Progress]:
+        """The run's progress, its large outputs replaced by references (`ikproxy.outputs`).
+
+        Whatever ends the run (its end, a failure, a client gone), its uploaded
+        files are removed then.
+        """
+        storage = getattr(self.deployment, "storage", None)
+        opener: Opener | None = None
+        if isinstance(storage, Storage):
+            opener = storage_opener(storage, presigned=self.policy.presigned_outputs)
+        try:
+            async for progress in stream:
+                if progress.results is not None:
+                    results = await by_reference(
+                        progress.results,
+                        self.outputs,
+                        inline_limit=self.policy.inline_output_limit,
+                        base=base,
+                        opener=opener,
+                    )
+                    progress = dataclasses.replace(progress, results=results)
+                yield progress
+        finally:
+            try:
+                await aclose(stream)
+            finally:
+                if uploads is not None:
+                    uploads.close()
 
     # -- resumable runs -----------------------------------------------------------
 
@@ -490,6 +554,7 @@ class Proxy:
             raise _gone() from None
         deployment = cast(SupportsAttach, self.deployment)
         stream = deployment.attach(uuid, task=self.policy.task, timeout=self.policy.timeout)
+        stream = self._by_reference(stream, "", None)
         first = await _first(stream, request_id)
         body = self._sealed(_prepend(first, stream), uuid, caller, format, request_id, seen)
         return ProxyResponse(200, stream_headers(format, request_id), body)
@@ -502,6 +567,18 @@ class Proxy:
 def _asset(name: str) -> bytes:
     """A file of the package's `static/` folder, read once per process."""
     return resources.files("ikproxy").joinpath("static").joinpath(name).read_bytes()
+
+
+def _sync(response: ProxyResponse) -> SyncProxyResponse:
+    """A response for sync callers: a streamed body is iterated through the portal."""
+    if isinstance(response.body, bytes):
+        return SyncProxyResponse(response.status, response.headers, response.body)
+    return SyncProxyResponse(response.status, response.headers, iterate_in_portal(response.body))
+
+
+def _base(request: ProxyRequest) -> str:
+    """What leads from the run request's URL back to the mount: `""` for `run`, `../` for `run/`."""
+    return "../" * max(0, ("/" + request.path.lstrip("/")).count("/") - 1)
 
 
 async def _resolve(value: Awaitable[None] | None) -> None:

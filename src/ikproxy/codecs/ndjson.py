@@ -433,9 +433,11 @@ class NDJSONDecoder:
         # Pick the quick decoder for this chunk, if one is safe: see the module constants.
         fast: Callable[[bytes], Any] | None
         careful: Callable[[bytes], Any] | None
+        digits = False  # some line may hold a long integer: choose the backend line by line
         if self._orjson_loads is not None:
-            risky = _has_long_digit_run(chunk) or (joined and _has_long_digit_run(lines[0]))
-            fast = careful = None if risky else self._orjson_loads
+            digits = _has_long_digit_run(chunk) or (joined and _has_long_digit_run(lines[0]))
+            fast = None if digits else self._orjson_loads
+            careful = self._orjson_loads
         else:
             escaped = b"\\u" in chunk or (joined and b"\\u" in lines[0])
             fast = None if escaped else _loads_std
@@ -446,21 +448,27 @@ class NDJSONDecoder:
                 return list(map(fast, lines))
             except (ValueError, RecursionError):
                 pass  # a blank or bad line: go again, line by line, to find it
-        return self._decode_each(lines, careful, check_each)
+        return self._decode_each(lines, careful, check_each, digits)
 
     def _decode_each(
-        self, lines: list[bytes], loads: Callable[[bytes], Any] | None, check_each: bool
+        self,
+        lines: list[bytes],
+        loads: Callable[[bytes], Any] | None,
+        check_each: bool,
+        digits: bool = False,
     ) -> list[Any]:
         """Decode line by line, skipping blank lines and naming the first bad one.
 
-        `loads` is tried first when given; `_parse_line` decides whenever it fails.
+        `loads` is tried first when given, except on a line with a long digit run when
+        `digits` is set; `_parse_line` decides whenever it fails. So each line's result
+        depends on that line alone, never on the lines that arrived in the same chunk.
         """
         values: list[Any] = []
         for index, line in enumerate(lines):
             lineno = self._lines_done + index + 1
             if check_each and self._too_long(line):
                 raise self._too_long_error(lineno, values)
-            if loads is not None:
+            if loads is not None and not (digits and _has_long_digit_run(line)):
                 try:
                     values.append(loads(line))
                     continue

@@ -11,7 +11,9 @@ Register tasks, then run them exactly as you would run a SCALE deployment:
     results = await deployment.run("photo.jpg", parameters={"radius": 4})
 
 **Calling convention.** A task is called as `fn(*inputs, **parameters)`. Inputs
-are typed IO values (`ImageIO`, ...) bound to the positional parameters; run
+are typed IO values (`ImageIO`, `FileIO` for a video or file, ...) bound to the
+positional parameters; a positional parameter annotated `pathlib.Path` gets a
+file input's path instead (a file that lives as long as the run). Run
 parameters are bound to the keyword-only ones (after `*`). Both are checked
 against the signature before the run is accepted: a wrong number of inputs, an
 unknown parameter (unless the task takes `**kwargs`) or a missing required
@@ -34,8 +36,9 @@ ends the task, and the generator is closed. A sync generator may also
 `return` its outputs. Without an ETA from the task, one is estimated from the
 elapsed time and the fraction.
 
-**Outputs** may be a `BaseIO`, a PIL image (encoded as PNG), image bytes, a
-one-key wire dict such as `{"object_detection": {...}}`, a `Results`, None (no
+**Outputs** may be a `BaseIO` (a `FileIO` for a file the task wrote: the proxy
+serves it by reference), a PIL image (encoded as PNG), image bytes, a one-key
+wire dict such as `{"object_detection": {...}}`, a `Results`, None (no
 outputs), or a list or tuple of those.
 
 **Checks of your own.** `add_task(fn, validate=check)` runs `check(*inputs,
@@ -62,6 +65,7 @@ import functools
 import inspect
 import logging
 import math
+import typing
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -72,6 +76,7 @@ from collections.abc import (
 )
 from contextlib import aclosing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeGuard, TypeVar, overload
 from uuid import uuid4
 
@@ -81,7 +86,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ..errors import IkproxyError, InvalidParameter, RunTimeout
-from ..io import BaseIO, ImageIO, InputLike, as_inputs, io_from_json
+from ..io import BaseIO, FileIO, ImageIO, InputLike, as_inputs, io_from_json
 from ..model import Eta, Progress, Results, State
 
 __all__ = ["LocalDeployment", "TaskFailed", "Update", "check_cancelled"]
@@ -284,6 +289,7 @@ class LocalDeployment:
         values = as_inputs(*inputs)
         params = dict(parameters or {})
         spec.check(len(values), params)
+        values = spec.bind_paths(values)
         run = _Run(spec.name, uuid4().hex, timeout)
         if spec.validate is not None:
             run.call_validator(spec.validate, values, params)
@@ -610,6 +616,7 @@ class _Task:
     parameters: frozenset[str]  # keyword-only parameters
     required: frozenset[str]
     any_parameters: bool  # `**kwargs`
+    path_inputs: frozenset[int] = frozenset()  # positions annotated `pathlib.Path`
 
     @classmethod
     def from_callable(
@@ -654,10 +661,27 @@ class _Task:
             validate=validate,
             min_inputs=required_positional,
             max_inputs=None if var_positional else positional,
+            path_inputs=_path_positions(fn, signature),
             parameters=frozenset(parameters),
             required=frozenset(required),
             any_parameters=any_parameters,
         )
+
+    def bind_paths(self, inputs: list[BaseIO]) -> list[Any]:
+        """The inputs as the task takes them: a file's path where it asks for a `Path`."""
+        if not self.path_inputs:
+            return inputs
+        bound: list[Any] = list(inputs)
+        for index in self.path_inputs:
+            if index < len(bound):
+                value = bound[index]
+                if not isinstance(value, FileIO):
+                    raise InvalidParameter(
+                        f"task {_quote(self.name)} takes a file as input {index}, "
+                        f"not {type(value).__name__}"
+                    )
+                bound[index] = value.path
+        return bound
 
     def check(self, n_inputs: int, params: Mapping[Any, Any]) -> None:
         """Refuse a call the signature does not accept, with `InvalidParameter`."""
@@ -688,6 +712,22 @@ class _Task:
         if low == high:
             return _count(low, "input") if low else "no inputs"
         return f"{low} to {high} inputs"
+
+
+def _path_positions(fn: Callable[..., Any], signature: inspect.Signature) -> frozenset[int]:
+    """The positions of the positional parameters annotated `pathlib.Path`."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that does not resolve: read them as written
+        hints = {}
+    positions = set()
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = [p for p in signature.parameters.values() if p.kind in positional]
+    for index, param in enumerate(params):
+        hint = hints.get(param.name, param.annotation)
+        if hint is Path or hint in ("Path", "pathlib.Path"):
+            positions.add(index)
+    return frozenset(positions)
 
 
 def _count(n: int, noun: str) -> str:

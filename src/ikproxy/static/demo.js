@@ -414,7 +414,7 @@ async function showResult(results, format) {
     throw new StreamError("invalid_stream", "the run finished without an image output");
   }
   if (resultUrl) URL.revokeObjectURL(resultUrl);
-  const blob = image.toBlob();
+  const blob = await image.fetchBlob(); // downloaded if the image came by reference
   resultUrl = URL.createObjectURL(blob);
   ui.result.src = resultUrl;
   await ui.result.decode().catch(() => {});
