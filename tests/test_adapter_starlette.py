@@ -97,7 +97,9 @@ def test_a_client_disconnect_closes_the_run(make_app: Any) -> None:
     deployment = ScriptedDeployment(hold=True)
     with serving(make_app(deployment)) as client:
         with client.stream("GET", "/api/run", params={"prompt": "x"}) as response:
-            _read_until(response.iter_bytes(), b"event: progress")
+            # Keep the iterator: a discarded one closes httpx's connection, a disconnect.
+            chunks = response.iter_bytes()
+            _read_until(chunks, b"event: progress")
             assert not deployment.closed.is_set()
         assert deployment.closed.wait(timeout=5)
     deployment.release.set()
