@@ -63,7 +63,7 @@ READY = r"Uvicorn running on|Running on http"
 
 def server_snippets() -> list[str]:
     """The fenced python blocks of the README's "Ten lines of server" section."""
-    section = re.search(r"^## Ten lines of server\n(.*?)(?=^## )", README, re.S | re.M)
+    section = re.search(r"^## Ten lines of server\n(.*?)(?=^## |\Z)", README, re.S | re.M)
     assert section is not None, "README has no '## Ten lines of server' section"
     return re.findall(r"^```python\n(.*?)^```", section.group(1), re.S | re.M)
 
@@ -74,6 +74,7 @@ def _snippet_id(code: str) -> str:
 
 
 SNIPPETS = server_snippets()
+assert SNIPPETS, "no ```python block in the README's 'Ten lines of server' section"
 
 
 # -- the artifacts -----------------------------------------------------------------------
