@@ -143,7 +143,8 @@ def running_server(
             lines.put(line)
         lines.put(None)
 
-    threading.Thread(target=pump, daemon=True).start()
+    pumping = threading.Thread(target=pump, daemon=True)
+    pumping.start()
     seen: list[str] = []
     try:
         pattern = re.compile(ready)
@@ -167,5 +168,7 @@ def running_server(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        # The pump reads until the pipe ends: closing it under the pump would raise there.
+        pumping.join(timeout=5)
         if proc.stdout is not None:
             proc.stdout.close()
