@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import anyio
+import httpx
 
 from ikproxy import Progress, Results, TaskIO
 from ikproxy.io import InputLike, as_inputs
@@ -92,6 +93,27 @@ def free_port() -> int:
 
 
 @contextmanager
+def serving(app: Any) -> Iterator[httpx.Client]:
+    """Serve an ASGI `app` with uvicorn on a free loopback port, in a thread of this process;
+    yield an httpx client for it. The app is stopped and joined on exit.
+
+    For the tests that read a stream while its run goes on. Starlette's TestClient
+    cannot: up to Starlette 1.8 (1.7 is the last release for Python 3.10), its
+    transport runs the app to completion (`portal.call(app, scope, receive, send)`)
+    into a `BytesIO`, and only then hands httpx the whole body; streaming responses
+    came with Starlette 1.9, which needs Python 3.11. A held run would then never end.
+    A real server streams on every version, and reports a client that leaves.
+    """
+    from ikproxy.testing._server import serve_in_thread
+
+    with (
+        serve_in_thread(app, "127.0.0.1", 0) as url,
+        httpx.Client(base_url=url, timeout=10) as client,
+    ):
+        yield client
+
+
+@contextmanager
 def running_server(
     args: Sequence[str],
     *,
@@ -146,6 +168,7 @@ def running_server(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        pumping.join(timeout=5)  # the process is gone: its output ends
+        # The pump reads until the pipe ends: closing it under the pump would raise there.
+        pumping.join(timeout=5)
         if proc.stdout is not None:
             proc.stdout.close()

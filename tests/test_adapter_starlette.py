@@ -1,4 +1,5 @@
-"""The Starlette routes and the FastAPI router, through Starlette's incremental TestClient."""
+"""The Starlette routes and the FastAPI router, through Starlette's TestClient, and under
+uvicorn for the tests that read a stream while its run goes on."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ with warnings.catch_warnings():
 from ikproxy.adapters.starlette import fastapi_router, mount, router
 from ikproxy.policy import AccessDenied, Param, TokenBucket
 
-from ._support import ScriptedDeployment
+from ._support import ScriptedDeployment, serving
 
 PARAMS = {"prompt": Param(str, required=True, max_length=20)}
 
@@ -30,18 +31,26 @@ def _client(app: Any) -> TestClient:
         return TestClient(app)
 
 
-def _starlette(deployment: Any, **options: Any) -> TestClient:
+def _starlette_app(deployment: Any, **options: Any) -> Starlette:
     options.setdefault("parameters", PARAMS)
     options.setdefault("rate_limit", None)
-    return _client(Starlette(routes=[mount("/api", deployment, **options)]))
+    return Starlette(routes=[mount("/api", deployment, **options)])
 
 
-def _fastapi(deployment: Any, **options: Any) -> TestClient:
+def _fastapi_app(deployment: Any, **options: Any) -> FastAPI:
     options.setdefault("parameters", PARAMS)
     options.setdefault("rate_limit", None)
     app = FastAPI()
     app.include_router(fastapi_router(deployment, prefix="/api", **options))
-    return _client(app)
+    return app
+
+
+def _starlette(deployment: Any, **options: Any) -> TestClient:
+    return _client(_starlette_app(deployment, **options))
+
+
+def _fastapi(deployment: Any, **options: Any) -> TestClient:
+    return _client(_fastapi_app(deployment, **options))
 
 
 def _error(response: Any) -> tuple[int, str, str]:
@@ -60,13 +69,17 @@ def _read_until(chunks: Iterator[bytes], marker: bytes, count: int = 1) -> bytes
 # -- both: streaming, disconnect, 400, 413 -------------------------------------------
 
 BOTH = pytest.mark.parametrize("make", [_starlette, _fastapi], ids=["starlette", "fastapi"])
+#: The streaming tests run the app under uvicorn (see `serving`).
+BOTH_APPS = pytest.mark.parametrize(
+    "make_app", [_starlette_app, _fastapi_app], ids=["starlette", "fastapi"]
+)
 
 
-@BOTH
-def test_progress_streams_before_the_run_ends(make: Any) -> None:
+@BOTH_APPS
+def test_progress_streams_before_the_run_ends(make_app: Any) -> None:
     deployment = ScriptedDeployment(hold=True)
     with (
-        make(deployment) as client,
+        serving(make_app(deployment)) as client,
         client.stream("GET", "/api/run", params={"prompt": "x"}) as response,
     ):
         assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
@@ -79,12 +92,14 @@ def test_progress_streams_before_the_run_ends(make: Any) -> None:
     assert rest.count(b"event: result") == 1
 
 
-@BOTH
-def test_a_client_disconnect_closes_the_run(make: Any) -> None:
+@BOTH_APPS
+def test_a_client_disconnect_closes_the_run(make_app: Any) -> None:
     deployment = ScriptedDeployment(hold=True)
-    with make(deployment) as client:
+    with serving(make_app(deployment)) as client:
         with client.stream("GET", "/api/run", params={"prompt": "x"}) as response:
-            _read_until(response.iter_bytes(), b"event: progress")
+            # Keep the iterator: a discarded one closes httpx's connection, a disconnect.
+            chunks = response.iter_bytes()
+            _read_until(chunks, b"event: progress")
             assert not deployment.closed.is_set()
         assert deployment.closed.wait(timeout=5)
     deployment.release.set()

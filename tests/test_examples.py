@@ -23,8 +23,10 @@ from ._support import free_port, running_server
 ROOT = Path(__file__).resolve().parent.parent
 FRAMEWORKS = ["flask", "quart", "litestar", "sanic", "django", "starlette", "fastapi"]
 KEY = "example-key"
+# Django's runserver says "Starting development server at" in 5.2, and "Starting WSGI
+# development server at" in 6.1.
 READY = (
-    r"Running on|Uvicorn running on|Worker ready|Starting development server"
+    r"Running on|Uvicorn running on|Worker ready|Starting (?:WSGI )?development server"
     r"|Goin' Fast|Listening at|Application startup complete"
 )
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image
 from starlette.applications import Starlette
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.routing import Mount
 
@@ -25,7 +26,7 @@ from ikproxy.browser import process_readable_stream_sync
 from ikproxy.errors import AuthenticationFailed, UpstreamConnectionError, WorkflowFailed
 from ikproxy.policy import AccessDenied, Param, TokenBucket
 
-from ._support import ScriptedDeployment
+from ._support import ScriptedDeployment, serving
 
 PARAMS: dict[str, Any] = {
     "prompt": Param(str, required=True, max_length=20),
@@ -46,13 +47,16 @@ def deployment() -> ScriptedDeployment:
     return ScriptedDeployment()
 
 
-def _client(deployment: Any, **options: Any) -> TestClient:
+def _app(deployment: Any, **options: Any) -> Starlette:
     options.setdefault("parameters", PARAMS)
     options.setdefault("rate_limit", None)
-    app = Starlette(routes=[Mount("/api", app=create_app(deployment, **options))])
+    return Starlette(routes=[Mount("/api", app=create_app(deployment, **options))])
+
+
+def _client(deployment: Any, **options: Any) -> TestClient:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return TestClient(app)
+        return TestClient(_app(deployment, **options))
 
 
 @pytest.fixture
@@ -366,10 +370,13 @@ def test_a_safe_request_id_is_kept_and_an_unsafe_one_replaced(client: TestClient
     assert len(replaced.headers["x-request-id"]) == 32
 
 
+# The streaming tests run on a real server: they read a stream while its run is held.
+
+
 def test_progress_arrives_before_the_run_ends() -> None:
     deployment = ScriptedDeployment(hold=True)
     with (
-        _client(deployment) as client,
+        serving(_app(deployment)) as client,
         client.stream("GET", "/api/run", params={"prompt": "x"}) as response,
     ):
         chunks = response.iter_bytes()
@@ -384,13 +391,41 @@ def test_progress_arrives_before_the_run_ends() -> None:
 
 def test_closing_the_response_closes_the_run() -> None:
     deployment = ScriptedDeployment(hold=True)
-    with _client(deployment) as client:
+    with serving(_app(deployment)) as client:
         with client.stream("GET", "/api/run", params={"prompt": "x"}) as response:
             chunks = response.iter_bytes()
             while b"event: progress" not in next(chunks):
                 pass
         assert deployment.closed.wait(timeout=2)
     deployment.release.set()
+
+
+@pytest.mark.parametrize("fmt", ["sse", "ndjson"])
+def test_gzip_middleware_neither_buffers_nor_mangles_the_stream(fmt: str) -> None:
+    deployment = ScriptedDeployment(hold=True)
+    app = _app(deployment)
+    app.add_middleware(GZipMiddleware, minimum_size=10)
+    with (
+        serving(app) as client,
+        client.stream(
+            "GET",
+            "/api/run",
+            params={"prompt": "x", "format": fmt},
+            headers={"Accept-Encoding": "gzip"},
+        ) as response,
+    ):
+        chunks = response.iter_bytes()  # decompressed
+        head = b""
+        while head.count(b"progress") < 2:
+            head += next(chunks)
+        assert b"result" not in head  # not held back until the end
+        deployment.release.set()
+        body = head + b"".join(chunks)
+    results = process_readable_stream_sync([body])
+    assert len(results) == 1
+    # Starlette's GZipMiddleware leaves SSE alone, and compresses NDJSON flushing each chunk.
+    expected = None if fmt == "sse" else "gzip"
+    assert response.headers.get("content-encoding") == expected
 
 
 def test_static_module_is_served(client: TestClient) -> None:

@@ -22,7 +22,7 @@ from ikproxy.codecs.sse import ServerSentEvent, SSEDecoder
 from ikproxy.policy import AccessDenied
 from ikproxy.runs import parse_position
 
-from ._support import ScriptedDeployment
+from ._support import ScriptedDeployment, serving
 
 
 def _script() -> list[Progress]:
@@ -35,14 +35,17 @@ def _script() -> list[Progress]:
     ]
 
 
-def _client(deployment: Any, **options: Any) -> TestClient:
+def _app(deployment: Any, **options: Any) -> Starlette:
     options.setdefault("resume_window", 30.0)
     options.setdefault("rate_limit", None)
     options.setdefault("parameters", {"prompt": str})
-    app = Starlette(routes=[Mount("/api", app=create_app(deployment, **options))])
+    return Starlette(routes=[Mount("/api", app=create_app(deployment, **options))])
+
+
+def _client(deployment: Any, **options: Any) -> TestClient:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return TestClient(app)
+        return TestClient(_app(deployment, **options))
 
 
 def _events_until(chunks: Iterator[bytes], count: int) -> list[ServerSentEvent]:
@@ -55,7 +58,8 @@ def _events_until(chunks: Iterator[bytes], count: int) -> list[ServerSentEvent]:
 
 def test_a_dropped_stream_resumes_after_its_last_event_id() -> None:
     deployment = ScriptedDeployment(_script(), hold=True)
-    with _client(deployment) as client:
+    # A real server: the stream is read while its run is held (see `serving`).
+    with serving(_app(deployment)) as client:
         with client.stream("GET", "/api/run", params={"prompt": "x"}) as response:
             seen = _events_until(response.iter_bytes(), 2)
         token, number = parse_position(seen[-1].id or "") or ("", 0)
@@ -108,7 +112,7 @@ def test_an_unknown_token_is_gone_and_a_malformed_id_is_refused() -> None:
 
 def test_a_run_nobody_resumes_is_stopped_and_forgotten() -> None:
     deployment = ScriptedDeployment(_script(), hold=True)
-    with _client(deployment, resume_window=0.2) as client:
+    with serving(_app(deployment, resume_window=0.2)) as client:
         with client.stream("GET", "/api/run", params={"prompt": "x"}) as response:
             seen = _events_until(response.iter_bytes(), 1)
         assert deployment.closed.wait(timeout=5), "the abandoned run was not stopped"

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from starlette.applications import Starlette
-from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import Mount
 
 with warnings.catch_warnings():
@@ -120,29 +119,3 @@ def test_a_run_timeout_leaks_nothing() -> None:
     assert b'"code":"timeout"' in response.content
     for secret in (TOKEN, ENDPOINT):
         assert secret.encode() not in response.content
-
-
-def test_gzip_middleware_neither_buffers_nor_mangles_the_stream() -> None:
-    fake = FakeScale(token=TOKEN, polls_before_done=3, next_poll_in=1)
-    app = _app(fake)
-    app.add_middleware(GZipMiddleware, minimum_size=10)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        client = TestClient(app)
-    with client:
-        for fmt in ("sse", "ndjson"):
-            with client.stream(
-                "GET",
-                "/api/run",
-                params={"prompt": "x", "format": fmt},
-                headers={"Accept-Encoding": "gzip"},
-            ) as response:
-                chunks = response.iter_bytes()
-                first = next(chunks)
-                assert b'"type":"result"' not in first  # not held back until the end
-                assert b"event: result" not in first
-                body = first + b"".join(chunks)
-            results = process_readable_stream_sync([body])
-            assert len(results) == 1
-            if fmt == "sse":
-                assert "content-encoding" not in response.headers
