@@ -446,7 +446,7 @@ def _slots() -> asyncio.Semaphore:
 async def _send(
     host: str, port: int, case: Hostile, prefix: str, extra: dict[str, str], timeout: float
 ) -> Answer:
-    reader, writer = await asyncio.wait_for(_connect(host, port), timeout)
+    reader, writer = await asyncio.wait_for(connect(host, port), timeout)
 
     async def write() -> None:
         with contextlib.suppress(OSError):
@@ -471,7 +471,7 @@ async def _send(
     return _answer(raw)
 
 
-async def _connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect, retrying while the server is still binding (some log "ready" before)."""
     for _ in range(100):
         try:

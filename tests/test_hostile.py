@@ -132,3 +132,49 @@ def test_a_client_that_leaves_mid_upload_is_one_info_line(
     assert mine[0].name == "ikproxy"
     assert mine[0].exc_info is None
     assert [r.getMessage() for r in new if r.levelno >= logging.ERROR] == []
+
+
+def test_the_wsgi_mount_refuses_a_body_shorter_than_its_length() -> None:
+    """a2wsgi alone reads an empty chunk forever when the body ends early: a spinning thread."""
+    import io
+    import json
+    import sys
+
+    from ikproxy.wsgi import create_wsgi_app
+
+    deployment = ScriptedDeployment()
+    app = create_wsgi_app(deployment, parameters={"prompt": str}, rate_limit=None)
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/run",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "x",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b"prompt=a"),
+        "wsgi.errors": sys.stderr,
+        "CONTENT_LENGTH": "1000",
+        "CONTENT_TYPE": "application/x-www-form-urlencoded",
+    }
+    answer: dict[str, object] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc: object = None) -> None:
+        answer["status"] = status
+
+    def call() -> None:
+        chunks = app(environ, start_response)
+        try:
+            answer["body"] = b"".join(chunks)
+        finally:
+            chunks.close()
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the request never ended"
+    assert answer["status"] == "400 Bad Request"
+    error = json.loads(answer["body"])["error"]  # type: ignore[arg-type]
+    assert error["code"] == "bad_request"
+    assert error["message"] == "the request body could not be read"
+    assert deployment.calls == []
