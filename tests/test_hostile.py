@@ -15,12 +15,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from ikproxy.asgi import create_app
 from ikproxy.policy import Param
 
-from ._support import ScriptedDeployment, free_port
+from ._support import ScriptedDeployment
+from ._uvicorn import serve_in_thread
 from .hostile_cases import CASES, Hostile, check, send
 
 
@@ -48,30 +48,19 @@ def server() -> Iterator[tuple[int, ScriptedDeployment, _Records]]:
         rate_limit=None,
         max_upload_bytes=64 * 1024,
     )
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info", lifespan="off")
-    uv = uvicorn.Server(config)
     records = _Records()
     loggers = [logging.getLogger(n) for n in ("ikproxy", "uvicorn.error", "uvicorn")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.addHandler(records)
         logger.setLevel(logging.INFO)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    ready = threading.Event()
-    for _ in range(500):
-        if uv.started:
-            ready.set()
-            break
-        ready.wait(0.01)
-    assert uv.started, "uvicorn did not start"
-    yield port, deployment, records
-    uv.should_exit = True
-    thread.join(10)
-    for logger, level in zip(loggers, levels, strict=True):
-        logger.removeHandler(records)
-        logger.setLevel(level)
+    try:
+        with serve_in_thread(app, log_level="info") as served:
+            yield served.port, deployment, records
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(records)
+            logger.setLevel(level)
 
 
 def _send_all(port: int, cases: list[Hostile]) -> list[object]:
