@@ -21,7 +21,7 @@ from ikproxy.policy import Param
 
 from ._support import ScriptedDeployment
 from ._uvicorn import serve_in_thread
-from .hostile_cases import CASES, Hostile, check, send
+from .hostile_cases import CASES, UVICORN, Hostile, check, send
 
 
 class _Records(logging.Handler):
@@ -83,7 +83,7 @@ def test_every_hostile_request_gets_a_clean_4xx(
         if isinstance(answer, BaseException):
             wrong[case.name] = repr(answer)
         else:
-            problem = check(case, answer)  # type: ignore[arg-type]
+            problem = check(case, answer, UVICORN)  # type: ignore[arg-type]
             if problem:
                 wrong[case.name] = problem
     assert wrong == {}
