@@ -147,6 +147,10 @@ async def _soak(url: str, count: int, pid: int) -> dict[str, float]:
     }
 
 
+def http_client() -> httpx.Client:
+    return httpx.Client(timeout=60)
+
+
 def run(server: str, count: int) -> dict[str, float]:
     port = _free_port()
     proc = subprocess.Popen(
@@ -161,8 +165,11 @@ def run(server: str, count: int) -> dict[str, float]:
                     break
                 except httpx.TransportError:
                     time.sleep(0.05)
-        pid = proc.pid
-        return asyncio.run(_soak(url, count, pid))
+        # Warm the server's imports and caches first.
+        with http_client() as http, http.stream("GET", url + "/run", params={"prompt": "x"}) as r:
+            for _ in r.iter_bytes():
+                pass
+        return asyncio.run(_soak(url, count, proc.pid))
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -136,10 +136,13 @@ def running_server(
         start_new_session=True,
     )
     lines: queue.Queue[str | None] = queue.Queue()
+    everything: list[str] = []
+    proc.all_output = everything  # type: ignore[attr-defined]
 
     def pump() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
+            everything.append(line)
             lines.put(line)
         lines.put(None)
 

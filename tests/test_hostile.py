@@ -15,13 +15,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from ikproxy.asgi import create_app
 from ikproxy.policy import Param
 
-from ._support import ScriptedDeployment, free_port
-from .hostile_cases import CASES, Hostile, check, send
+from ._support import ScriptedDeployment
+from ._uvicorn import serve_in_thread
+from .hostile_cases import CASES, UVICORN, Hostile, check, send
 
 
 class _Records(logging.Handler):
@@ -48,30 +48,19 @@ def server() -> Iterator[tuple[int, ScriptedDeployment, _Records]]:
         rate_limit=None,
         max_upload_bytes=64 * 1024,
     )
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info", lifespan="off")
-    uv = uvicorn.Server(config)
     records = _Records()
     loggers = [logging.getLogger(n) for n in ("ikproxy", "uvicorn.error", "uvicorn")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.addHandler(records)
         logger.setLevel(logging.INFO)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    ready = threading.Event()
-    for _ in range(500):
-        if uv.started:
-            ready.set()
-            break
-        ready.wait(0.01)
-    assert uv.started, "uvicorn did not start"
-    yield port, deployment, records
-    uv.should_exit = True
-    thread.join(10)
-    for logger, level in zip(loggers, levels, strict=True):
-        logger.removeHandler(records)
-        logger.setLevel(level)
+    try:
+        with serve_in_thread(app, log_level="info") as served:
+            yield served.port, deployment, records
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(records)
+            logger.setLevel(level)
 
 
 def _send_all(port: int, cases: list[Hostile]) -> list[object]:
@@ -94,7 +83,7 @@ def test_every_hostile_request_gets_a_clean_4xx(
         if isinstance(answer, BaseException):
             wrong[case.name] = repr(answer)
         else:
-            problem = check(case, answer)  # type: ignore[arg-type]
+            problem = check(case, answer, UVICORN)  # type: ignore[arg-type]
             if problem:
                 wrong[case.name] = problem
     assert wrong == {}
@@ -132,3 +121,49 @@ def test_a_client_that_leaves_mid_upload_is_one_info_line(
     assert mine[0].name == "ikproxy"
     assert mine[0].exc_info is None
     assert [r.getMessage() for r in new if r.levelno >= logging.ERROR] == []
+
+
+def test_the_wsgi_mount_refuses_a_body_shorter_than_its_length() -> None:
+    """a2wsgi alone reads an empty chunk forever when the body ends early: a spinning thread."""
+    import io
+    import json
+    import sys
+
+    from ikproxy.wsgi import create_wsgi_app
+
+    deployment = ScriptedDeployment()
+    app = create_wsgi_app(deployment, parameters={"prompt": str}, rate_limit=None)
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/run",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "x",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b"prompt=a"),
+        "wsgi.errors": sys.stderr,
+        "CONTENT_LENGTH": "1000",
+        "CONTENT_TYPE": "application/x-www-form-urlencoded",
+    }
+    answer: dict[str, object] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc: object = None) -> None:
+        answer["status"] = status
+
+    def call() -> None:
+        chunks = app(environ, start_response)
+        try:
+            answer["body"] = b"".join(chunks)
+        finally:
+            chunks.close()
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the request never ended"
+    assert answer["status"] == "400 Bad Request"
+    error = json.loads(answer["body"])["error"]  # type: ignore[arg-type]
+    assert error["code"] == "bad_request"
+    assert error["message"] == "the request body could not be read"
+    assert deployment.calls == []

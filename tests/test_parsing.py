@@ -236,3 +236,42 @@ def test_image_format_of_a_bomb_is_unknown_not_an_exception(name: str) -> None:
 
     image = ImageIO.from_bytes(HOSTILE_IMAGES[name][0])
     assert image.format in (None, "PNG")
+
+
+# -- bodies ------------------------------------------------------------------------------------
+
+
+def _short_request() -> Any:
+    from ikproxy.parsing import ProxyRequest
+
+    headers = {"content-length": "1000", "content-type": "application/x-www-form-urlencoded"}
+    return ProxyRequest("POST", "/run", "", headers)
+
+
+def test_a_body_shorter_than_its_content_length_is_refused_not_half_used(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from ikproxy.parsing import read_body_sync
+
+    with caplog.at_level("INFO", logger="ikproxy"), pytest.raises(HTTPError) as caught:
+        read_body_sync(_short_request(), [b"prompt=a"], 64 * 1024, request_id="r1")
+    assert (caught.value.status, caught.value.message) == (
+        400,
+        "the request body could not be read",
+    )
+    assert [r.getMessage() for r in caplog.records] == [
+        "request body not received: the client left or sent a malformed body "
+        "[request_id=r1 error=ended after 8 of 1000 bytes]"
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_short_async_body_is_refused_too() -> None:
+    from ikproxy.parsing import read_body
+
+    async def body() -> Any:
+        yield b"prompt=a"
+
+    with pytest.raises(HTTPError) as caught:
+        await read_body(_short_request(), body(), 64 * 1024)
+    assert caught.value.status == 400

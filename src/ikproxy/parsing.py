@@ -91,16 +91,16 @@ class RunSpec:
     request_id: str
 
 
-def _expected_length(request: ProxyRequest, limit: int) -> int:
-    if request.method.upper() == "GET":
-        return 0
+def _declared_length(request: ProxyRequest, limit: int) -> int | None:
+    """The body's declared `Content-Length`, refused (400/413) when invalid or too large."""
     declared = request.header("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise HTTPError(400, "bad_request", "invalid Content-Length header")
-        if int(declared) > limit:
-            raise _too_large(limit)
-    return limit
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        raise HTTPError(400, "bad_request", "invalid Content-Length header")
+    if int(declared) > limit:
+        raise _too_large(limit)
+    return int(declared)
 
 
 async def read_body(
@@ -112,13 +112,16 @@ async def read_body(
 ) -> bytes:
     """The whole body, refused with 413 as soon as it exceeds `limit` bytes.
 
-    A body the server cannot deliver (the client left mid-upload, or sent malformed
-    chunked framing) is the client's doing: one line at info level, and a 400.
+    A body the server could not deliver whole (the client left mid-upload, or sent
+    malformed chunked framing, or fewer bytes than its `Content-Length`) is the
+    client's doing: one line at INFO on the `ikproxy` logger, and a 400 (or the
+    cancellation that the server delivers, passed on).
     """
-    limit = _expected_length(request, limit)
     if body is None or request.method.upper() == "GET":
         return b""
-    parts, size = [], 0
+    declared = _declared_length(request, limit)
+    parts: list[bytes] = []
+    size = 0
     try:
         async for chunk in body:
             size += len(chunk)
@@ -127,9 +130,12 @@ async def read_body(
             parts.append(chunk)
     except HTTPError:
         raise
+    except asyncio.CancelledError:  # the server cancels the request when its client leaves
+        _log_unreceived("CancelledError", request_id)
+        raise
     except Exception as exc:  # whatever the server raises for a body it could not read
-        raise _unreadable(exc, request_id) from None
-    return b"".join(parts)
+        raise _unreceived(type(exc).__name__, request_id) from None
+    return _whole(parts, size, declared, request_id)
 
 
 def read_body_sync(
@@ -140,10 +146,11 @@ def read_body_sync(
     request_id: str | None = None,
 ) -> bytes:
     """`read_body` for sync (WSGI) bodies."""
-    limit = _expected_length(request, limit)
     if body is None or request.method.upper() == "GET":
         return b""
-    parts, size = [], 0
+    declared = _declared_length(request, limit)
+    parts: list[bytes] = []
+    size = 0
     try:
         for chunk in body:
             size += len(chunk)
@@ -153,17 +160,28 @@ def read_body_sync(
     except HTTPError:
         raise
     except Exception as exc:
-        raise _unreadable(exc, request_id) from None
+        raise _unreceived(type(exc).__name__, request_id) from None
+    return _whole(parts, size, declared, request_id)
+
+
+def _whole(parts: list[bytes], size: int, declared: int | None, request_id: str | None) -> bytes:
+    """The body, unless it ended before its declared length (never half-used)."""
+    if declared is not None and size < declared:
+        raise _unreceived(f"ended after {size} of {declared} bytes", request_id)
     return b"".join(parts)
 
 
-def _unreadable(exc: Exception, request_id: str | None) -> HTTPError:
+def _log_unreceived(error: str, request_id: str | None) -> None:
     logger.info(
         "request body not received: the client left or sent a malformed body "
         "[request_id=%s error=%s]",
         request_id,
-        type(exc).__name__,
+        error,
     )
+
+
+def _unreceived(error: str, request_id: str | None) -> HTTPError:
+    _log_unreceived(error, request_id)
     return HTTPError(400, "bad_request", "the request body could not be read")
 
 

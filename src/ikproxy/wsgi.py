@@ -5,12 +5,15 @@
 
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/api": create_wsgi_app(deployment)})
 
-Built on a2wsgi, with two fixes. A client that leaves closes the response
+Built on a2wsgi, with three fixes. A client that leaves closes the response
 iterator (WSGI servers call `close()` after a failed write); a2wsgi alone then
 leaves the ASGI task waiting forever, so here `close()` cancels it, which
-closes the run. And every app runs on the process-wide event loop thread of
-`ikproxy.server.blocking_portal`, started on first use in each worker process
-(a loop thread started at import would not survive a pre-fork server).
+closes the run. A body that ends before its `Content-Length` (the client left
+mid-upload) made a2wsgi hand the app empty chunks forever, spinning a thread:
+here it is answered 400 and logged as the client's doing. And every app runs
+on the process-wide event loop thread of `ikproxy.server.blocking_portal`,
+started on first use in each worker process (a loop thread started at import
+would not survive a pre-fork server).
 
 The hooks receive a Starlette `Request` and run on that loop thread, as in
 `ikproxy.asgi`; a framework's own request context (Flask's `request`) is not
@@ -20,8 +23,10 @@ there. For hooks that need it, use the framework's adapter instead.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
+from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 from a2wsgi.asgi import ASGIResponder
@@ -29,14 +34,16 @@ from a2wsgi.asgi import ASGIResponder
 from .asgi import create_app
 from .deployments import Deployment
 from .policy import Policy
+from .protocol import error_body
 from .proxy import Proxy
-from .server import blocking_portal
+from .server import blocking_portal, new_request_id
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
     from starlette.types import ASGIApp
 
 __all__ = ["WSGIApp", "create_wsgi_app", "to_wsgi"]
+
 
 _loop_lock = threading.Lock()
 _loop: tuple[object, asyncio.AbstractEventLoop] | None = None
@@ -70,18 +77,66 @@ class _Responder(ASGIResponder):
             self.loop.call_soon_threadsafe(task.cancel)
 
 
-class _ClosingIterator:
-    """The WSGI response iterable: `close()` ends the ASGI task as well as the iterator."""
+class _BodyEnded(Exception):
+    """The request body ended before its `Content-Length`: the client left mid-upload."""
 
-    def __init__(self, chunks: Iterator[bytes], responder: _Responder) -> None:
+
+class _CheckedInput:
+    """`wsgi.input` that raises `_BodyEnded` at an end that comes before `length` bytes."""
+
+    def __init__(self, stream: Any, length: int) -> None:
+        self._stream = stream
+        self._left = length
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._stream.read(size)
+        self._left -= len(data)
+        if not data and size != 0 and self._left > 0:
+            raise _BodyEnded
+        return data
+
+
+class _ClosingIterator:
+    """The WSGI response iterable: `close()` ends the ASGI task as well as the iterator.
+
+    A body that ended early is answered here, with the proxy's JSON 400.
+    """
+
+    def __init__(
+        self,
+        chunks: Iterator[bytes],
+        responder: _Responder,
+        start_response: StartResponse,
+        environ: WSGIEnvironment,
+    ) -> None:
         self._chunks = chunks
         self._responder = responder
+        self._start_response = start_response
+        self._environ = environ
+        self.started = False
 
     def __iter__(self) -> _ClosingIterator:
         return self
 
     def __next__(self) -> bytes:
-        return next(self._chunks)
+        try:
+            return next(self._chunks)
+        except _BodyEnded:
+            self._chunks = iter(())
+            self._responder.cancel()
+            return self._refuse()
+
+    def _refuse(self) -> bytes:
+        # Cancelled in its read, the app logs the client's departure under this id.
+        request_id = new_request_id(self._environ.get("HTTP_X_REQUEST_ID"))
+        if self.started:
+            raise StopIteration
+        body = error_body("bad_request", "the request body could not be read", request_id)
+        self._start_response(
+            "400 Bad Request",
+            [("Content-Type", "application/json"), ("X-Request-ID", request_id)],
+        )
+        return json.dumps(body, separators=(",", ":")).encode()
 
     def close(self) -> None:
         try:
@@ -103,8 +158,23 @@ class WSGIApp:
         self.proxy = proxy
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> _ClosingIterator:
+        declared = str(environ.get("CONTENT_LENGTH") or "")
+        length = int(declared) if declared.isdigit() else 0
+        stream = environ.get("wsgi.input") or BytesIO()
+        environ = {**environ, "wsgi.input": _CheckedInput(stream, length)}
         responder = _Responder(self.app, _portal_loop())  # type: ignore[arg-type]
-        return _ClosingIterator(responder(environ, start_response), responder)  # type: ignore[arg-type]
+
+        def start(status: str, headers: Any, exc_info: Any = None) -> Any:
+            closing.started = True
+            return start_response(status, headers, exc_info)
+
+        closing = _ClosingIterator(
+            responder(environ, start),  # type: ignore[arg-type]
+            responder,
+            start_response,
+            environ,
+        )
+        return closing
 
 
 def to_wsgi(app: ASGIApp) -> WSGIApp:

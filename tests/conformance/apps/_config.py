@@ -7,7 +7,9 @@ SCALE server whose URL is in `CONFORMANCE_FAKE_URL`.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from typing import Any
 
 from ikproxy import Client
@@ -18,7 +20,20 @@ API_KEY = "conformance-key"
 PREFIX = "/api"
 
 
+def _log_ikproxy() -> None:
+    """ikproxy's INFO lines on stderr, whatever the framework does with logging."""
+    logger = logging.getLogger("ikproxy")
+    logger.setLevel(logging.INFO)
+    if not any(getattr(h, "ikproxy_conformance", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.ikproxy_conformance = True  # type: ignore[attr-defined]
+        handler.setFormatter(logging.Formatter("ikproxy %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 def deployment() -> Client:
+    _log_ikproxy()
     url = os.environ["CONFORMANCE_FAKE_URL"]
     return Client(url, token=FAKE_TOKEN, api_url=url)
 
