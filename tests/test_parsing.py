@@ -275,3 +275,46 @@ async def test_a_short_async_body_is_refused_too() -> None:
     with pytest.raises(HTTPError) as caught:
         await read_body(_short_request(), body(), 64 * 1024)
     assert caught.value.status == 400
+
+
+def _short_multipart() -> tuple[Any, list[bytes]]:
+    """A complete multipart body of one field, sent under a longer `Content-Length`."""
+    from ikproxy.parsing import ProxyRequest
+
+    body = b'--B\r\nContent-Disposition: form-data; name="prompt"\r\n\r\na\r\n--B--\r\n'
+    headers = {"content-length": "1000", "content-type": "multipart/form-data; boundary=B"}
+    return ProxyRequest("POST", "/run", "", headers), [body]
+
+
+def test_a_short_multipart_body_read_while_parsed_is_refused(tmp_path: Any) -> None:
+    from ikproxy.parsing import read_run_request_sync
+    from ikproxy.policy import Policy
+    from ikproxy.uploads import UploadDir
+
+    request, body = _short_multipart()
+    policy = Policy(parameters={"prompt": str})
+    with pytest.raises(HTTPError) as caught:
+        read_run_request_sync(request, body, policy, "r1", UploadDir())
+    assert (caught.value.status, caught.value.message) == (
+        400,
+        "the request body could not be read",
+    )
+
+
+@pytest.mark.anyio
+async def test_a_short_async_multipart_body_read_while_parsed_is_refused() -> None:
+    from ikproxy.parsing import read_run_request
+    from ikproxy.policy import Policy
+    from ikproxy.uploads import UploadDir
+
+    request, chunks = _short_multipart()
+
+    async def body() -> Any:
+        for chunk in chunks:
+            yield chunk
+
+    with pytest.raises(HTTPError) as caught:
+        await read_run_request(
+            request, body(), Policy(parameters={"prompt": str}), "r1", UploadDir()
+        )
+    assert caught.value.status == 400

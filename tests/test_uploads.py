@@ -33,7 +33,7 @@ from ikproxy.io import FileIO, ImageIO
 from ikproxy.proxy import Proxy, ProxyRequest
 from ikproxy.uploads import UploadDir, accepts
 
-from ._support import free_port, running_server
+from ._support import free_port, running_server, serving
 from ._upload_app import StoredOutputs
 
 VIDEO = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + os.urandom(3_000_000)
@@ -155,9 +155,7 @@ def test_two_large_files_arrive_whole_and_in_order(surface: str) -> None:
         app = Flask(__name__)
         app.register_blueprint(blueprint(deployment, url_prefix="/api", **policy))
         data = {name: (io.BytesIO(content), filename) for name, (filename, content, _) in files}
-        response = app.test_client().post(
-            "/api/run", data=data, content_type="multipart/form-data"
-        )
+        response = app.test_client().post("/api/run", data=data, content_type="multipart/form-data")
         status, body = response.status_code, response.get_data()
     assert status == 200
     process_readable_stream_sync([body])
@@ -215,7 +213,11 @@ def test_by_default_only_images_are_accepted_whatever_the_declared_type() -> Non
     seen = Seen()
     with _client(_video_deployment(seen), rate_limit=None, max_upload_bytes=20_000_000) as client:
         response = client.post("/api/run", files={"video": ("clip.png", VIDEO, "image/png")})
-    assert _error(response) == (415, "unsupported_media_type", "the upload is not a supported image")
+    assert _error(response) == (
+        415,
+        "unsupported_media_type",
+        "the upload is not a supported image",
+    )
     assert seen.path is None
 
 
@@ -242,7 +244,7 @@ def _multipart(name: str, filename: str, data: bytes) -> tuple[str, bytes, bytes
     """(content type, head of the body with the part's first bytes, the closing tail)."""
     boundary = "ikproxy-test-boundary"
     head = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
         f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
     ).encode() + data
     return f"multipart/form-data; boundary={boundary}", head, f"\r\n--{boundary}--\r\n".encode()
@@ -339,7 +341,10 @@ def test_removed_after_a_refusal_before_the_200() -> None:
 
 def test_removed_when_the_client_disconnects() -> None:
     seen = Seen()
-    with _client(_video_deployment(seen, hold=True), **VIDEO_POLICY) as client:
+    app = Starlette(
+        routes=[Mount("/api", app=create_app(_video_deployment(seen, hold=True), **VIDEO_POLICY))]
+    )
+    with serving(app) as client:  # a real server: the TestClient of Python 3.10 cannot stream
         try:
             with client.stream(
                 "POST", "/api/run", files={"v": ("v.mp4", VIDEO, "video/mp4")}
@@ -362,13 +367,15 @@ def test_removed_when_the_server_shuts_down(tmp_path: Path) -> None:
         "-m", "uvicorn", "tests._upload_app:create", "--factory", "--port", str(port),
         "--host", "127.0.0.1", "--timeout-graceful-shutdown", "1",
     ]  # fmt: skip
-    with running_server(
-        args, ready="Uvicorn running", env={"TMPDIR": str(tmp_path)}
-    ) as server, httpx.Client(timeout=10) as http, http.stream(
-        "POST",
-        f"http://127.0.0.1:{port}/api/run",
-        files={"v": ("v.mp4", VIDEO, "video/mp4")},
-    ) as response:
+    with (
+        running_server(args, ready="Uvicorn running", env={"TMPDIR": str(tmp_path)}) as server,
+        httpx.Client(timeout=10) as http,
+        http.stream(
+            "POST",
+            f"http://127.0.0.1:{port}/api/run",
+            files={"v": ("v.mp4", VIDEO, "video/mp4")},
+        ) as response,
+    ):
         assert response.status_code == 200
         folders = _wait_for(lambda: list(tmp_path.glob("ikproxy-upload-*")))
         assert len(folders) == 1
@@ -463,7 +470,11 @@ def test_a_video_upload_reaches_scale_storage_with_identical_bytes_and_comes_bac
         assert fake.storage.read(uid) == VIDEO
         # The stored output (a copy of the input) reaches the browser by reference.
         ref = results.get_output(0).to_json()["ref"]
-        assert (ref["kind"], ref["content_type"], ref["size"]) == ("storage_object", "video/mp4", len(VIDEO))
+        assert (ref["kind"], ref["content_type"], ref["size"]) == (
+            "storage_object",
+            "video/mp4",
+            len(VIDEO),
+        )
         whole = client.get("/api/" + ref["url"])
         assert whole.status_code == 200
         assert whole.content == VIDEO

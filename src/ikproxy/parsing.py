@@ -166,9 +166,14 @@ def read_body_sync(
 
 def _whole(parts: list[bytes], size: int, declared: int | None, request_id: str | None) -> bytes:
     """The body, unless it ended before its declared length (never half-used)."""
+    _check_complete(size, declared, request_id)
+    return b"".join(parts)
+
+
+def _check_complete(size: int, declared: int | None, request_id: str | None) -> None:
+    """Refuse a body that ended before its declared `Content-Length`."""
     if declared is not None and size < declared:
         raise _unreceived(f"ended after {size} of {declared} bytes", request_id)
-    return b"".join(parts)
 
 
 def _log_unreceived(error: str, request_id: str | None) -> None:
@@ -248,7 +253,8 @@ async def read_run_request(
             parse_run_request, request, raw, policy, request_id, uploads
         )
     format, _ = _query(request)
-    limit = _expected_length(request, policy.max_upload_bytes)
+    limit = policy.max_upload_bytes
+    declared = _declared_length(request, limit)
     reader = _MultipartReader(request.header("content-type") or "", policy, uploads)
     writing: asyncio.Task[None] | None = None
     try:
@@ -263,13 +269,17 @@ async def read_run_request(
                 # in flight at most, so memory stays bounded by two batches.
                 await _wait(writing)
                 writing = asyncio.get_running_loop().create_task(_write(reader.take_jobs()))
+        _check_complete(size, declared, request_id)
         fields, pending = reader.finish()
         await _wait(writing)
         await _write(reader.take_jobs())
     except HTTPError:
         raise
+    except asyncio.CancelledError:  # the server cancels the request when its client leaves
+        _log_unreceived("CancelledError", request_id)
+        raise
     except Exception as exc:  # the server could not deliver the body
-        raise _unreadable(exc, request_id) from None
+        raise _unreceived(type(exc).__name__, request_id) from None
     finally:
         with anyio.CancelScope(shield=True):
             await _settle(writing)
@@ -310,7 +320,8 @@ def read_run_request_sync(
         raw = read_body_sync(request, body, policy.max_upload_bytes, request_id=request_id)
         return parse_run_request(request, raw, policy, request_id, uploads)
     format, _ = _query(request)
-    limit = _expected_length(request, policy.max_upload_bytes)
+    limit = policy.max_upload_bytes
+    declared = _declared_length(request, limit)
     reader = _MultipartReader(request.header("content-type") or "", policy, uploads)
     try:
         size = 0
@@ -321,12 +332,13 @@ def read_run_request_sync(
             reader.feed(chunk)
             if reader.buffered >= _FLUSH_BYTES:
                 reader.flush()
+        _check_complete(size, declared, request_id)
         fields, pending = reader.finish()
         reader.flush()
     except HTTPError:
         raise
     except Exception as exc:  # the server could not deliver the body
-        raise _unreadable(exc, request_id) from None
+        raise _unreceived(type(exc).__name__, request_id) from None
     finally:
         reader.close()
     return _spec(_single_values(fields, "form"), True, pending, policy, format, request_id)
