@@ -12,81 +12,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 
-HERE = Path(__file__).resolve().parent
+from _procs import cpu_seconds, free_port, rss_kib, serving
+
 PEERS = ("ours", "peer")
 NAMES = {"ours": "ikproxy", "peer": "sse-starlette"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def _server() -> Iterator[tuple[str, int]]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "_server_app:app",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--limit-concurrency",
-            "2000",
-            "--backlog",
-            "2048",
-        ],
-        cwd=HERE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client() as http:
-            for _ in range(200):
-                try:
-                    http.get(url + "/health")
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.05)
-        yield url, proc.pid
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def _rss_kib(pid: int) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"VmRSS:\s+(\d+) kB", text)
-    return int(match.group(1)) if match else 0
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    port = free_port()
+    command = [
+        *(sys.executable, "-m", "uvicorn", "_server_app:app", "--port", str(port)),
+        *("--no-access-log", "--log-level", "warning", "--limit-concurrency", "2000"),
+        *("--backlog", "2048"),
+    ]
+    with serving(command, port, stderr=subprocess.PIPE) as server:
+        yield server
 
 
 async def _stream(url: str) -> tuple[float, float, int]:
@@ -157,14 +106,14 @@ async def _many_streams(url: str, count: int, seconds: int, pid: int) -> tuple[f
                         if opened == count:
                             first_events.set()
 
-        base_rss = _rss_kib(pid)
-        base_cpu = _cpu_seconds(pid)
+        base_rss = rss_kib(pid)
+        base_cpu = cpu_seconds(pid)
         tasks = [asyncio.create_task(one()) for _ in range(count)]
         await asyncio.wait_for(first_events.wait(), 60)
         await asyncio.sleep(seconds * 0.75)
-        peak_rss = _rss_kib(pid)
+        peak_rss = rss_kib(pid)
         await asyncio.gather(*tasks)
-        cpu = _cpu_seconds(pid) - base_cpu
+        cpu = cpu_seconds(pid) - base_cpu
     return (peak_rss - base_rss) / count, cpu
 
 

@@ -7,25 +7,13 @@ as a subprocess on loopback; RSS and CPU are read from /proc for its process.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
-HERE = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from _procs import cpu_seconds, free_port, rss_kib, serving
 
 
 def _command(server: str, port: int) -> list[str]:
@@ -69,36 +57,6 @@ def _command(server: str, port: int) -> list[str]:
     raise SystemExit(f"unknown server {server}")
 
 
-def _tree(pid: int) -> list[int]:
-    """`pid` and its descendants (gunicorn's workers are children of its master)."""
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except FileNotFoundError:  # a thread that just ended
-            continue
-        for child in children:
-            pids += _tree(int(child))
-    return pids
-
-
-def _rss_kib(pid: int) -> int:
-    total = 0
-    for p in _tree(pid):
-        for line in Path(f"/proc/{p}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total
-
-
-def _cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for p in _tree(pid):
-        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 async def _soak(url: str, count: int, pid: int) -> dict[str, float]:
     limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=0)
     firsts: list[float] = []
@@ -124,17 +82,17 @@ async def _soak(url: str, count: int, pid: int) -> dict[str, float]:
                 if b"event: result" in chunk:
                     completed += 1
 
-    base_rss = _rss_kib(pid)
-    cpu0 = _cpu_seconds(pid)
+    base_rss = rss_kib(pid)
+    cpu0 = cpu_seconds(pid)
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         tasks = [asyncio.ensure_future(one(http)) for _ in range(count)]
         try:
             await asyncio.wait_for(ready.wait(), 60)
-            peak = _rss_kib(pid)
+            peak = rss_kib(pid)
         except asyncio.TimeoutError:
-            peak = _rss_kib(pid)
+            peak = rss_kib(pid)
         results = await asyncio.gather(*tasks, return_exceptions=True)
-    cpu = _cpu_seconds(pid) - cpu0
+    cpu = cpu_seconds(pid) - cpu0
     firsts.sort()
     return {
         "completed": completed,
@@ -152,30 +110,13 @@ def http_client() -> httpx.Client:
 
 
 def run(server: str, count: int) -> dict[str, float]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        _command(server, port), cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client() as http:
-            for _ in range(400):
-                try:
-                    http.get(url + "/health")
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.05)
+    port = free_port()
+    with serving(_command(server, port), port) as (url, pid):
         # Warm the server's imports and caches first.
         with http_client() as http, http.stream("GET", url + "/run", params={"prompt": "x"}) as r:
             for _ in r.iter_bytes():
                 pass
-        return asyncio.run(_soak(url, count, proc.pid))
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        return asyncio.run(_soak(url, count, pid))
 
 
 PLAN = [

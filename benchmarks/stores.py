@@ -21,26 +21,23 @@ import argparse
 import asyncio
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import redis
 import redis.asyncio.connection
 
+from _procs import cpu_seconds, free_port, rss_kib, serving
 from ikproxy import Progress, Results, TaskIO
 from ikproxy.runs import RunRegistry
 from ikproxy.stores import MemoryStore, RedisStore, Store
 
-HERE = Path(__file__).resolve().parent
 ROUND_TRIPS = [0]
 
 
@@ -56,15 +53,9 @@ def _count_round_trips() -> None:
     cls.send_packed_command = counted  # type: ignore[method-assign]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def _redis() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(
             [
@@ -89,47 +80,18 @@ def _redis() -> Iterator[str]:
 
 @contextmanager
 def _server(redis_url: str | None) -> Iterator[tuple[str, int]]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ}
     env.pop("IKPROXY_BENCH_REDIS", None)
     if redis_url:
         env["IKPROXY_BENCH_REDIS"] = redis_url
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "uvicorn", "_stores_app:app", "--port", str(port)),
-            *("--no-access-log", "--log-level", "warning", "--limit-concurrency", "3000"),
-            *("--backlog", "4096"),
-        ],
-        cwd=HERE,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client() as http:
-            for _ in range(400):
-                try:
-                    http.get(url + "/health")
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.05)
-        yield url, proc.pid
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def _rss_kib(pid: int) -> int:
-    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return int(match.group(1)) if match else 0
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    command = [
+        *(sys.executable, "-m", "uvicorn", "_stores_app:app", "--port", str(port)),
+        *("--no-access-log", "--log-level", "warning", "--limit-concurrency", "3000"),
+        *("--backlog", "4096"),
+    ]
+    with serving(command, port, env=env, stderr=None) as server:
+        yield server
 
 
 def _redis_cpu(url: str) -> float:
@@ -250,13 +212,13 @@ async def _many_streams(url: str, count: int, seconds: int, pid: int) -> tuple[f
                         if opened == count:
                             all_open.set()
 
-        base_rss, base_cpu = _rss_kib(pid), _cpu_seconds(pid)
+        base_rss, base_cpu = rss_kib(pid), cpu_seconds(pid)
         tasks = [asyncio.create_task(one()) for _ in range(count)]
         await asyncio.wait_for(all_open.wait(), 120)
         await asyncio.sleep(seconds * 0.75)
-        peak_rss = _rss_kib(pid)
+        peak_rss = rss_kib(pid)
         await asyncio.gather(*tasks)
-        cpu = _cpu_seconds(pid) - base_cpu
+        cpu = cpu_seconds(pid) - base_cpu
     return (peak_rss - base_rss) / count, cpu
 
 
