@@ -232,6 +232,8 @@ class Policy:
       the framework's own request object.
     * `timeout`: a deadline per run in seconds; `keepalive`: the idle interval for
       keepalive comments; `finish_on_disconnect`: let a run finish when its client leaves.
+    * `retry_ms`: the SSE `retry:` field sent first (an `EventSource`'s reconnection
+      delay, in milliseconds); None sends none.
     * `resume_window`: make runs resumable (see `ikproxy.runs`): a run goes on without
       its client for this many seconds, and a reconnecting client resumes it from its
       `Last-Event-ID`.
