@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sys
 import time
@@ -11,6 +12,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -29,7 +31,7 @@ from ikproxy.runs import parse_position
 from ikproxy.sealed import ExpiredReference, InvalidReference, Sealer
 from ikproxy.testing import TINY_PNG, FakeScale
 
-from ._support import ScriptedDeployment
+from ._support import ScriptedDeployment, serving
 
 SECRET = b"0123456789abcdef0123456789abcdef-shared-by-every-instance"
 RUN_UUID = "5f0c2a43-1e8b-4c53-9d5e-0a1b2c3d4e5f"
@@ -121,9 +123,11 @@ class Instances:
     def __init__(self, fake: FakeScale, **options: Any) -> None:
         self.fake = fake
         self.options = options
-        self.clients: list[TestClient] = []
+        self.servers = contextlib.ExitStack()
 
-    def app(self, **overrides: Any) -> TestClient:
+    def app(self, **overrides: Any) -> httpx.Client:
+        """A client of a new instance, served for real: a cut stream must really be cut
+        (the TestClient of Python 3.10 reads a whole stream before it answers)."""
         options = {
             "resume_window": 30.0,
             "resume_secret": SECRET,
@@ -140,16 +144,10 @@ class Instances:
             poll_schedule=lambda n: 0.0,
         )
         app = Starlette(routes=[Mount("/api", app=create_app(deployment, **options))])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            client = TestClient(app)
-        client.__enter__()
-        self.clients.append(client)
-        return client
+        return self.servers.enter_context(serving(app))
 
     def close(self) -> None:
-        for client in self.clients:
-            client.__exit__(None, None, None)
+        self.servers.close()
 
 
 @pytest.fixture
@@ -178,7 +176,7 @@ def sse(content: bytes) -> list[ServerSentEvent]:
     return decoder.feed(content) + decoder.close()
 
 
-def start_and_cut(client: TestClient, count: int, **headers: str) -> list[ServerSentEvent]:
+def start_and_cut(client: httpx.Client, count: int, **headers: str) -> list[ServerSentEvent]:
     with client.stream("GET", "/api/run", params={"prompt": "x"}, headers=headers) as response:
         assert response.status_code == 200
         return events_until(response.iter_bytes(), count)
@@ -286,21 +284,21 @@ def test_an_expired_reference_is_gone(instances: Any) -> None:
     pair = instances(fake)
     a, b = pair.app(), pair.app()
     run_uuid = json.loads(start_and_cut(a, 1)[0].data)["uuid"]
-    # Genuine references to a run the deployment knows, for this caller (TestClient's
+    # Genuine references to a run the deployment knows, for this caller (the client.s
     # address): one expired a second ago, one still good.
     sealer = Sealer(SECRET)
-    expired = sealer.seal(run_uuid, "testclient", time.time() - 1)
+    expired = sealer.seal(run_uuid, "127.0.0.1", time.time() - 1)
     gone = b.get("/api/run", headers={"Last-Event-ID": f"s.{expired}:1"})
     assert gone.status_code == 410
     assert gone.json()["error"]["code"] == "resume_expired"
-    good = sealer.seal(run_uuid, "testclient", time.time() + 60)
+    good = sealer.seal(run_uuid, "127.0.0.1", time.time() + 60)
     assert b.get("/api/run", headers={"Last-Event-ID": f"s.{good}:1"}).status_code == 200
 
 
 def test_a_reference_to_a_run_the_upstream_forgot_is_gone(instances: Any) -> None:
     fake = FakeScale()
     b = instances(fake).app()
-    reference = Sealer(SECRET).seal(RUN_UUID, "testclient", time.time() + 60)
+    reference = Sealer(SECRET).seal(RUN_UUID, "127.0.0.1", time.time() + 60)
     gone = b.get("/api/run", headers={"Last-Event-ID": f"s.{reference}:4"})
     assert gone.status_code == 410
     assert gone.json()["error"]["code"] == "resume_expired"
