@@ -584,8 +584,9 @@ def _decode_image_text(text: str) -> bytes:
 _MAX_BOUNDARY = 70
 
 
-#: File bytes are written to disk in pieces of about this size (in a worker thread).
-_FLUSH_BYTES = 4 * 1024 * 1024
+#: File bytes are written to disk (in a worker thread) and to the deployment's storage
+#: upload, when it streams uploads, in pieces of about this size.
+_FLUSH_BYTES = 256 * 1024
 
 #: A write of bytes to an upload's file, or (with None) its closing.
 _Job = tuple[IO[bytes], Union[bytes, None]]
