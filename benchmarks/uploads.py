@@ -5,10 +5,12 @@
 The fake SCALE (`python -m ikproxy.testing`) and the proxy (uvicorn, one worker)
 run as separate processes on loopback. `ikproxy` posts the video as a browser
 would (multipart, to `/api/run`) and reads the stream to its result: the proxy
-writes the upload to a temporary file, the SCALE client uploads that to storage,
-and the run is submitted. `httpx copy` posts the same file straight to the
-storage (`POST /v1/objects/`, multipart) with a JWT. Printed: the best time of
-each (MB/s), their ratio, and the proxy's peak RSS growth during its uploads.
+writes the upload to a temporary file and, while it arrives, the SCALE client
+uploads it to storage (`SupportsStreamingUpload`); then the run is submitted.
+`httpx copy` posts the same file straight to the storage (`POST /v1/objects/`,
+multipart) with a JWT. Printed: the best time of each (MB/s), their ratio, the
+CPU time each process spent per upload, and the proxy's peak RSS growth during
+its uploads.
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ def _process(args: list[str], url: str, env: dict[str, str] | None = None) -> It
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_kib(pid: int) -> int:
@@ -156,7 +164,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ikproxy-bench-") as folder:
         path = _video(size, Path(folder))
         with (
-            _process(fake, f"{scale}/workflow"),
+            _process(fake, f"{scale}/workflow") as fake_pid,
             _process(server, f"{proxy}/api/health", {"IKPROXY_BENCH_SCALE_URL": scale}) as pid,
         ):
             warm = Path(folder) / "warm.mp4"
@@ -164,10 +172,16 @@ def main() -> None:
             _through_proxy(proxy, warm)  # imports, connections, JWT: out of the figures
             baseline = _rss_kib(pid)
             ours, peer = [], []
+            cpu = {"proxy": 0.0, "fake (ikproxy)": 0.0, "fake (copy)": 0.0}
             with _PeakRSS(pid) as rss:
                 for _ in range(args.repeats):
+                    before = _cpu_seconds(pid), _cpu_seconds(fake_pid)
                     ours.append(_through_proxy(proxy, path))
+                    cpu["proxy"] += _cpu_seconds(pid) - before[0]
+                    cpu["fake (ikproxy)"] += _cpu_seconds(fake_pid) - before[1]
+                    before = _cpu_seconds(pid), _cpu_seconds(fake_pid)
                     peer.append(_plain_copy(scale, path))
+                    cpu["fake (copy)"] += _cpu_seconds(fake_pid) - before[1]
     best_ours, best_peer = min(ours), min(peer)
     mb = size / 1e6
     print(f"video upload of {args.mb} MB to fake SCALE storage (best of {args.repeats})")
@@ -175,6 +189,10 @@ def main() -> None:
     print(f"  {'ikproxy (browser -> run)':<28}{best_ours:>9.2f}s{mb / best_ours:>10.1f}")
     print(f"  {'httpx copy to storage':<28}{best_peer:>9.2f}s{mb / best_peer:>10.1f}")
     print(f"  throughput ratio ikproxy / httpx copy: {best_peer / best_ours:.2f}x (target >= 0.7x)")
+    for name, seconds in cpu.items():
+        print(f"  CPU per upload, {name + ':':<16}{seconds / args.repeats:>6.2f}s")
+    load = os.getloadavg()[0]
+    print(f"  machine: {os.cpu_count()} cores, load average {load:.2f}")
     growth = (rss.peak - baseline) / 1024
     print(f"  proxy peak RSS growth during uploads: {growth:.1f} MiB (target < 32 MiB)")
 

@@ -324,3 +324,38 @@ async def test_an_upload_refused_for_an_expired_jwt_is_sent_again_whole(client: 
     assert fake.storage.read(obj.uid) == VIDEO
     uploads = [r for r in fake.requests if r.method == "POST"]
     assert [r.headers["content-length"] for r in uploads] == [uploads[0].headers["content-length"]] * 2
+
+
+async def test_upload_stream_stores_the_bytes_written_while_it_runs(client: Client, fake: FakeScale) -> None:
+    async with client.storage.upload_stream("video/mp4") as upload:
+        for offset in range(0, len(VIDEO), 10_000):
+            await upload.write(VIDEO[offset : offset + 10_000])
+        obj = await upload.finish()
+    assert (obj.path, obj.content_type, obj.size) == (None, "video/mp4", len(VIDEO))  # temporary
+    assert fake.storage.read(obj.uid) == VIDEO
+
+
+async def test_upload_stream_left_without_finish_stores_nothing(client: Client, fake: FakeScale) -> None:
+    async def broken_source() -> None:
+        async with client.storage.upload_stream("video/mp4") as upload:
+            await upload.write(VIDEO)
+            await upload.write(VIDEO)  # the first write is in the request's body by now
+            raise RuntimeError("the source broke")
+
+    with pytest.raises(RuntimeError, match="the source broke"):
+        await broken_source()
+    assert fake.storage.objects() == []
+
+
+async def test_upload_stream_is_sent_once_a_refused_jwt_raises(client: Client, fake: FakeScale) -> None:
+    async def upload_once() -> None:
+        async with client.storage.upload_stream("video/mp4") as upload:
+            await upload.write(VIDEO)
+            await upload.finish()
+
+    await client.storage.infos()
+    fake.expire_jwts()
+    with pytest.raises(AuthenticationFailed, match="HTTP 401"):
+        await upload_once()
+    assert fake.storage.objects() == []
+    assert fake.count("jwt") == 1  # not renewed: the body could not be sent again

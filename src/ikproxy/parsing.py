@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterable, Iterable
@@ -23,6 +24,7 @@ from urllib.parse import unquote_to_bytes
 
 import anyio.to_thread
 
+from .deployments import StreamingUpload
 from .images import verify_image
 from .io import SNIFF_BYTES, BaseIO, FileIO, sniff_content_type
 from .policy import HTTPError, Policy
@@ -256,6 +258,7 @@ async def read_run_request(
     limit = policy.max_upload_bytes
     declared = _declared_length(request, limit)
     reader = _MultipartReader(request.header("content-type") or "", policy, uploads)
+    streams = _Streams(reader, policy, uploads)
     writing: asyncio.Task[None] | None = None
     try:
         size = 0
@@ -265,14 +268,19 @@ async def read_run_request(
                 raise _too_large(limit)
             reader.feed(chunk)
             if reader.buffered >= _FLUSH_BYTES:
-                # Written by a worker thread while the next bytes come in; one batch
-                # in flight at most, so memory stays bounded by two batches.
+                # Written by a worker thread (and sent to the deployment's storage)
+                # while the next bytes come in; one batch in flight at most.
                 await _wait(writing)
-                writing = asyncio.get_running_loop().create_task(_write(reader.take_jobs()))
+                jobs = reader.take_jobs()
+                writing = asyncio.get_running_loop().create_task(_write(jobs))
+                await streams.send(jobs)
         _check_complete(size, declared, request_id)
         fields, pending = reader.finish()
         await _wait(writing)
-        await _write(reader.take_jobs())
+        jobs = reader.take_jobs()
+        writing = asyncio.get_running_loop().create_task(_write(jobs))
+        await streams.send(jobs)
+        await _wait(writing)
     except HTTPError:
         raise
     except asyncio.CancelledError:  # the server cancels the request when its client leaves
@@ -281,14 +289,77 @@ async def read_run_request(
     except Exception as exc:  # the server could not deliver the body
         raise _unreceived(type(exc).__name__, request_id) from None
     finally:
-        with anyio.CancelScope(shield=True):
-            await _settle(writing)
-        reader.close()
+        try:
+            with anyio.CancelScope(shield=True):
+                await _settle(writing)
+        finally:
+            # Aborts every upload not finished; not in the shield's scope, which is
+            # inside their task groups' own.
+            await streams.aclose()
+            reader.close()
     params = _single_values(fields, "form")
     if not any(isinstance(item, bytes) for item in pending):
         return _spec(params, True, pending, policy, format, request_id)
     # Images are verified (decoded) here: off the event loop.
     return await anyio.to_thread.run_sync(_spec, params, True, pending, policy, format, request_id)
+
+
+class _Streams:
+    """The deployment's uploads of a request's files, fed the bytes written to disk.
+
+    An upload starts at its file's first bytes, once the request was admitted,
+    the file's type accepted and the parameters received so far are valid
+    (else the file is left to the run, from disk); it is finished at the
+    file's end, and aborted by `aclose()` if the body did not get there.
+    """
+
+    def __init__(self, reader: _MultipartReader, policy: Policy, uploads: UploadDir) -> None:
+        self._reader = reader
+        self._policy = policy
+        self._uploads = uploads
+        self._stack = contextlib.AsyncExitStack()
+        self._open: dict[IO[bytes], StreamingUpload] = {}
+        self._done: set[IO[bytes]] = set()
+
+    async def send(self, jobs: list[_Job]) -> None:
+        for file, data in jobs:
+            if file in self._done:
+                continue
+            upload = self._open.get(file) or await self._start(file)
+            if upload is None:
+                continue
+            if data is not None:
+                await upload.write(data)
+                continue
+            target = self._reader.targets[file]
+            stored = await upload.finish(target)
+            inputs = self._reader.inputs
+            inputs[:] = [stored if item is target else item for item in inputs]
+            del self._open[file]
+            self._done.add(file)
+
+    async def _start(self, file: IO[bytes]) -> StreamingUpload | None:
+        self._done.add(file)
+        if not self._parameters_valid():
+            return None
+        opening = self._uploads.streaming_upload(self._reader.targets[file].content_type)
+        if opening is None:
+            return None
+        self._open[file] = upload = await self._stack.enter_async_context(opening)
+        self._done.discard(file)
+        return upload
+
+    def _parameters_valid(self) -> bool:
+        try:
+            params = _single_values(self._reader.fields, "form")
+            params.pop(INPUT_URL_FIELD, None)
+            self._policy.validate(params, from_text=True)
+        except HTTPError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
 
 
 async def _write(jobs: list[_Job]) -> None:
@@ -513,8 +584,9 @@ def _decode_image_text(text: str) -> bytes:
 _MAX_BOUNDARY = 70
 
 
-#: File bytes are written to disk in pieces of about this size (in a worker thread).
-_FLUSH_BYTES = 4 * 1024 * 1024
+#: File bytes are written to disk (in a worker thread) and to the deployment's storage
+#: upload, when it streams uploads, in pieces of about this size.
+_FLUSH_BYTES = 256 * 1024
 
 #: A write of bytes to an upload's file, or (with None) its closing.
 _Job = tuple[IO[bytes], Union[bytes, None]]
@@ -554,6 +626,8 @@ class _MultipartReader:
         self._jobs: list[_Job] = []
         self._opened: list[IO[bytes]] = []
         self._path: FileIO | None = None
+        #: The file each opened upload file is written for.
+        self.targets: dict[IO[bytes], FileIO] = {}
         callbacks: Any = {
             "on_part_begin": self._on_part_begin,
             "on_header_field": self._on_header_field,
@@ -710,4 +784,5 @@ class _MultipartReader:
             logger.exception("an upload could not be written to its temporary file")
             raise HTTPError(500, "internal", "the upload could not be stored") from None
         self._path = FileIO(path, content_type=content_type)
+        self.targets[self._file] = self._path
         self.buffered = len(head)

@@ -192,7 +192,7 @@ class Proxy:
             position = self._resume_position(request)
             if position is not None:
                 return await self._resume(*position, request_id, self._caller_key(request))
-            uploads = UploadDir()
+            uploads = UploadDir(self.deployment)
             try:
                 spec = await read_run_request(request, body, self.policy, request_id, uploads)
                 await resolve_inputs(spec.inputs, self.policy, uploads)
@@ -229,7 +229,7 @@ class Proxy:
                 key = self._caller_key(request)
                 response = blocking_portal().call(self._resume, *position, request_id, key)
             else:
-                uploads = UploadDir()
+                uploads = UploadDir(self.deployment)
                 try:
                     spec = read_run_request_sync(request, body, self.policy, request_id, uploads)
                     blocking_portal().call(resolve_inputs, spec.inputs, self.policy, uploads)

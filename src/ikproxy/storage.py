@@ -7,7 +7,8 @@
 
 `Storage` shares its client's JWT (exchanged with storage rights) and HTTP
 connections. Files are streamed from disk and to the caller, never held whole
-in memory. `SyncStorage` is the blocking twin, reached as `SyncClient.storage`.
+in memory; `upload_stream` uploads bytes while they are still being produced.
+`SyncStorage` is the blocking twin, reached as `SyncClient.storage`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import datetime as dt
 import io
 import mimetypes
 import os
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Union
 from urllib.parse import parse_qs, quote, urlsplit
 
+import anyio
 import httpx
 
 from .errors import (
@@ -48,6 +51,7 @@ __all__ = [
     "StorageInfos",
     "StorageObject",
     "SyncStorage",
+    "UploadStream",
     "uid_of",
 ]
 
@@ -138,6 +142,78 @@ class Download:
             yield chunk
 
 
+class UploadStream:
+    """An upload whose bytes are written while it is sent (`Storage.upload_stream`).
+
+    The bytes go through a pipe of one chunk: `write` waits while storage is
+    behind, so memory stays bounded whatever the file's size.
+    """
+
+    def __init__(self) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[bytes](1)
+        self._done = anyio.Event()
+        self._result: StorageObject | None = None
+        self._error: Exception | None = None
+        self._ended = False
+
+    async def write(self, data: bytes) -> None:
+        """Send `data`; raises the upload's error if it has failed already."""
+        try:
+            await self._send.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self._done.wait()
+            raise self._failure() from None
+
+    async def finish(self) -> StorageObject:
+        """End the body and wait for storage's answer: the stored object."""
+        self._ended = True
+        self._send.close()
+        await self._done.wait()
+        if self._result is None:
+            raise self._failure()
+        return self._result
+
+    def _failure(self) -> Exception:
+        return self._error or StorageError("the upload ended before its body was sent")
+
+    async def _body(self, head: bytes, tail: bytes) -> AsyncIterator[bytes]:
+        yield head
+        async with self._receive:
+            async for chunk in self._receive:
+                yield chunk
+        if not self._ended:  # the pipe broke: never let a partial body look whole
+            raise StorageError("the upload was aborted")
+        yield tail
+
+    async def _run(
+        self, storage: Storage, method: str, path: str | None, content_type: str
+    ) -> None:
+        boundary = secrets.token_hex(16)
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode("latin-1")
+        tail = f"\r\n--{boundary}--\r\n".encode("latin-1")
+        try:
+            # Sent once (a one-shot body): a 401 is not retried here but raised.
+            response = await storage._http.authorised(
+                method,
+                storage._route(path),
+                "the upload",
+                _PEER,
+                retry=False,
+                content=self._body(head, tail),
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            )
+            _raise_for_status(response, "the upload")
+            self._result = StorageObject.from_json(_json(response, "the upload"))
+        except Exception as exc:
+            self._error = exc
+        finally:
+            self._receive.close()
+            self._done.set()
+
+
 class Storage:
     """The SCALE storage API (`scalefs`), with the JWT and connections of a `Client`.
 
@@ -199,6 +275,42 @@ class Storage:
             method, self._route(path), "the upload", files={"file": (None, body, content_type)}
         )
         return StorageObject.from_json(_json(response, "the upload"))
+
+    @asynccontextmanager
+    async def upload_stream(
+        self,
+        content_type: str = "application/octet-stream",
+        path: str | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> AsyncIterator[UploadStream]:
+        """Upload bytes as they are written, to `path` or as a temporary object.
+
+            async with storage.upload_stream("video/mp4") as upload:
+                async for chunk in source:
+                    await upload.write(chunk)
+                obj = await upload.finish()
+
+        The request starts at once, its body sent chunked. Leaving the block
+        without `finish()` (an error, a cancellation) aborts the request
+        mid-body: storage keeps nothing. The body is sent once, so a JWT
+        refused on the way (401) raises `AuthenticationFailed` rather than
+        being retried: keep a copy of the bytes to send again with `put`.
+        """
+        method = "PUT" if path and overwrite else "POST"
+        upload = UploadStream()
+        error: Exception | None = None
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(upload._run, self, method, path, content_type)
+            try:
+                yield upload
+            except Exception as exc:  # raised as it is, not in a task group's ExceptionGroup
+                error = exc
+            finally:
+                if not upload._done.is_set() and not upload._ended:
+                    tasks.cancel_scope.cancel()
+        if error is not None:
+            raise error
 
     async def copy(
         self, source: ObjectRef, path: str | None = None, *, overwrite: bool = False

@@ -4,7 +4,9 @@ A video or file upload (and a fetched input URL) is written to a folder made
 for its request, and reaches the deployment as a `FileIO`; the folder is
 removed when the run ends, whatever the ending (and, for what is left when
 the process exits, at exit). What is accepted is decided on the bytes'
-magic numbers, never on the type a browser declares.
+magic numbers, never on the type a browser declares. When the deployment
+`SupportsStreamingUpload` (SCALE), a file is also stored while it arrives,
+so that receiving and uploading overlap.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .deployments import StreamingUpload, SupportsStreamingUpload
 from .errors import FetchError, FetchOriginNotAllowed, FetchRefusedAddress, FetchTooLarge
 from .fetch import fetch_url, origin_of
 from .images import verify_image
@@ -38,11 +42,25 @@ _live_lock = threading.Lock()
 
 
 class UploadDir:
-    """The temporary folder of one request, made on first use and removed by `close()`."""
+    """The temporary folder of one request, made on first use and removed by `close()`.
 
-    def __init__(self) -> None:
+    With a `deployment` that `SupportsStreamingUpload`, its files are also
+    stored by the deployment while they arrive (`streaming_upload`).
+    """
+
+    def __init__(self, deployment: object = None) -> None:
         self.path: Path | None = None
         self._count = 0
+        self._deployment = deployment if isinstance(deployment, SupportsStreamingUpload) else None
+
+    def streaming_upload(
+        self, content_type: str
+    ) -> AbstractAsyncContextManager[StreamingUpload] | None:
+        """The deployment's upload of a file of this type, opened while it arrives; None
+        when the deployment keeps files on disk only."""
+        if self._deployment is None:
+            return None
+        return self._deployment.streaming_upload(content_type)
 
     def new_file(self, suffix: str = "") -> Path:
         """A new, not yet existing file path in the folder."""

@@ -4,18 +4,21 @@ Two ship with ikproxy: `ScaleDeployment` (the async SCALE client, also
 exported as `ikproxy.Client`) and `LocalDeployment` (plain Python callables).
 The proxy core accepts any object that has this shape. A deployment whose
 runs live upstream, beyond the process that submitted them, may also be
-`SupportsAttach`: the proxy then resumes its runs on any instance.
+`SupportsAttach`: the proxy then resumes its runs on any instance. One that
+sends files to remote storage may be `SupportsStreamingUpload`: the proxy
+then stores a browser's file while it arrives.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
-from ..io import InputLike
+from ..io import FileIO, InputLike
 from ..model import Progress, Results
 
-__all__ = ["Deployment", "SupportsAttach"]
+__all__ = ["Deployment", "StreamingUpload", "SupportsAttach", "SupportsStreamingUpload"]
 
 
 @runtime_checkable
@@ -64,3 +67,31 @@ class SupportsAttach(Protocol):
     def attach(
         self, uuid: str, *, task: str | None = None, timeout: float | None = None
     ) -> AsyncIterator[Progress]: ...
+
+
+class StreamingUpload(Protocol):
+    """A file being stored while it arrives (see `SupportsStreamingUpload`)."""
+
+    async def write(self, data: bytes) -> None:
+        """Send the next bytes; waits while the storage is behind (backpressure)."""
+        ...
+
+    async def finish(self, file: FileIO) -> FileIO:
+        """The input to run with, once every byte was written; `file` is the same bytes
+        on disk, sent the usual way by the run if storing them on the way failed."""
+        ...
+
+
+@runtime_checkable
+class SupportsStreamingUpload(Protocol):
+    """An optional capability: store a browser's file upload while it still arrives.
+
+    The proxy writes the file to disk as always and, alongside, to the
+    upload opened here; leaving the context without `finish()` (the body
+    was cut, refused, or its client left) aborts it, and storage keeps
+    nothing. Only a run started with what `finish()` returned uses it.
+    """
+
+    def streaming_upload(self, content_type: str) -> AbstractAsyncContextManager[StreamingUpload]:
+        """Open the upload of a file of this type."""
+        ...

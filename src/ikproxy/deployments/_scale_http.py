@@ -169,12 +169,21 @@ class ScaleHTTP:
         )
 
     async def authorised(
-        self, method: str, url: str, what: str, peer: str, *, stream: bool = False, **kwargs: Any
+        self,
+        method: str,
+        url: str,
+        what: str,
+        peer: str,
+        *,
+        stream: bool = False,
+        retry: bool = True,
+        **kwargs: Any,
     ) -> httpx.Response:
         """Send one request with the Bearer JWT (to SCALE storage); the response, any status.
 
         A 401 renews the JWT once and sends the request again (a file body is
-        read again from its start). With `stream`, the caller closes the response.
+        read again from its start), unless `retry` is false (a body that can be
+        sent once). With `stream`, the caller closes the response.
         """
         headers = dict(kwargs.pop("headers", None) or {})
         jwt = await self.jwt()
@@ -182,7 +191,7 @@ class ScaleHTTP:
         response = await self._send(
             method, url, what, peer, stream=stream, headers=headers, **kwargs
         )
-        if response.status_code == 401:
+        if response.status_code == 401 and retry:
             await response.aclose()
             logger.debug("%s: HTTP 401, renewing the JWT and retrying once", what)
             headers["Authorization"] = f"Bearer {await self.jwt(stale=jwt)}"

@@ -9,6 +9,7 @@ that lives as long as the preparation: nothing large is ever held in memory.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -32,10 +33,12 @@ from ..errors import (
 from ..fetch import fetch_url, redact_url
 from ..io import BaseIO, FileIO, ImageIO, InputLike, StorageObjectIO, as_inputs
 from ..model import Results
-from ..storage import Storage
+from ..storage import Storage, UploadStream
 from ._scale_protocol import STORED_DATA_TYPES, Workflow, infer_data_type
 
-__all__ = ["InputOptions", "prepare_inputs", "zip_folder"]
+__all__ = ["InputOptions", "StoredFile", "StreamedUpload", "prepare_inputs", "zip_folder"]
+
+logger = logging.getLogger("ikproxy.deployments.scale")
 
 _CHUNK = 1024 * 1024
 
@@ -47,6 +50,60 @@ class InputOptions:
     max_bytes: int
     timeout: float
     allow_private: bool
+
+
+class StoredFile(FileIO):
+    """A file already in a client's storage (stored while it arrived): sent by its uid.
+
+    Its `path` holds the same bytes, for a run that needs them locally.
+    """
+
+    __slots__ = ("storage_url", "uid")
+
+    def __init__(self, file: FileIO, *, uid: str, storage_url: str) -> None:
+        super().__init__(
+            file.path,
+            content_type=file.content_type,
+            data_type=file.data_type,
+            filename=file.filename,
+        )
+        self.uid = uid
+        self.storage_url = storage_url
+
+
+class StreamedUpload:
+    """A browser's file stored while it arrives; if that fails, it is left to the run.
+
+    Errors are not raised: the file written alongside is then uploaded the
+    usual way when the run starts (which renews a JWT refused on the way).
+    """
+
+    def __init__(self, stream: UploadStream, storage_url: str) -> None:
+        self._stream = stream
+        self._storage_url = storage_url
+        self._failed = False
+
+    async def write(self, data: bytes) -> None:
+        if self._failed:
+            return
+        try:
+            await self._stream.write(data)
+        except Exception as exc:
+            self._fail(exc)
+
+    async def finish(self, file: FileIO) -> FileIO:
+        if not self._failed:
+            try:
+                obj = await self._stream.finish()
+            except Exception as exc:
+                self._fail(exc)
+            else:
+                return StoredFile(file, uid=obj.uid, storage_url=self._storage_url)
+        return file
+
+    def _fail(self, exc: Exception) -> None:
+        self._failed = True
+        logger.debug("storing an upload while it arrived failed (%s): sent from disk", exc)
 
 
 async def prepare_inputs(
@@ -141,6 +198,8 @@ async def _prepare_file(
         workflow_type=workflow_type,
     )
     if save_temporary or data_type in STORED_DATA_TYPES:
+        if isinstance(file, StoredFile) and file.storage_url == storage.url:
+            return _stored(storage, file.uid, data_type)
         path = file.path
         if is_directory:
             path = await anyio.to_thread.run_sync(zip_folder, file.path, scratch)

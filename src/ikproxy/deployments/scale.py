@@ -20,8 +20,16 @@ import os
 import threading
 import uuid as uuid_module
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import aclosing
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote
 
@@ -42,7 +50,7 @@ from ..io import InputLike
 from ..model import Progress, Results
 from ..storage import DEFAULT_SCALEFS_URL, Storage, SyncStorage
 from ._scale_http import USER_AGENT, ScaleHTTP
-from ._scale_inputs import InputOptions, prepare_inputs
+from ._scale_inputs import InputOptions, StreamedUpload, prepare_inputs
 from ._scale_protocol import (
     MAX_POLLS,
     Answer,
@@ -281,6 +289,15 @@ class Client:
         async with aclosing(self._track(uuid, target.name, answer, limit)) as updates:
             async for progress in updates:
                 yield progress
+
+    @asynccontextmanager
+    async def streaming_upload(self, content_type: str) -> AsyncIterator[StreamedUpload]:
+        """Store a file while it arrives, as a temporary object (`SupportsStreamingUpload`).
+
+        A run given what `finish()` returns sends that object, uploaded once.
+        """
+        async with self.storage.upload_stream(content_type) as stream:
+            yield StreamedUpload(stream, self.storage.url)
 
     async def attach(
         self,
