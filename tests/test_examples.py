@@ -27,7 +27,7 @@ KEY = "example-key"
 # development server at" in 6.1.
 READY = (
     r"Running on|Uvicorn running on|Worker ready|Starting (?:WSGI )?development server"
-    r"|Goin' Fast|Listening at|Application startup complete"
+    r"|Goin' Fast|Listening at"
 )
 
 
