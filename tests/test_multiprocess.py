@@ -38,9 +38,26 @@ def _env(redis_url: str) -> dict[str, str | None]:
 def _uvicorn(env: dict[str, str | None], *extra: str) -> Iterator[str]:
     port = free_port()
     args = ["-m", "uvicorn", "tests._store_app:create_app", "--factory", "--port", str(port)]
-    ready = "Application startup complete"
+    ready = "Uvicorn running on"  # the socket is bound; it listens once a worker is up
     with running_server([*args, "--log-level", "info", *extra], ready=ready, env=env):
-        yield f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        _wait_until_listening(url)
+        yield url
+
+
+def _wait_until_listening(url: str, timeout: float = 20.0) -> None:
+    """Wait (bounded) until a server answers: with `--workers`, uvicorn says it is running
+    when its supervisor has bound the socket, before any worker listens on it."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=5) as http:
+        while True:
+            try:
+                http.get(url + "/health")
+                return
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
 
 @contextmanager
@@ -168,7 +185,7 @@ def test_a_follower_elsewhere_ends_with_an_error_when_the_producer_dies(redis_ur
     port = free_port()
     args = ["-m", "uvicorn", "tests._store_app:create_app", "--factory", "--port", str(port)]
     with (
-        running_server(args, ready="Application startup complete", env=env) as producer,
+        running_server(args, ready="Uvicorn running on", env=env) as producer,
         _uvicorn(env) as b,
         _client() as client,
     ):
