@@ -330,6 +330,16 @@ class Policy:
         if self.max_image_pixels < 1:
             raise ValueError("max_image_pixels must be at least 1")
 
+    @property
+    def keys_callers(self) -> bool:
+        """Whether a caller's key (`rate_limit_key`) is needed: for the rate limit, the
+        active-run cap, or the sealed references bound to it."""
+        return (
+            self.rate_limit is not None
+            or self.max_active_runs is not None
+            or self.resume_secret is not None
+        )
+
     def validate(self, raw: Mapping[str, Any], *, from_text: bool) -> dict[str, Any]:
         """The browser's parameters checked against the allow-list, plus the fixed ones.
 

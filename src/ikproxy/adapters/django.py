@@ -151,8 +151,7 @@ def _hooks_in_sync_thread(policy: Policy) -> Policy:
     computed in the same step, right after `authorize` let the request in.
     """
     authorize = policy.authorize
-    keyed = policy.rate_limit is not None or policy.max_active_runs is not None
-    key_fn = policy.rate_limit_key if keyed else None
+    key_fn = policy.rate_limit_key if policy.keys_callers else None
     if key_fn is None and (authorize is None or iscoroutinefunction(authorize)):
         return policy
 
