@@ -23,19 +23,17 @@ there. For hooks that need it, use the framework's adapter instead.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Iterator
 from io import BytesIO
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from a2wsgi.asgi import ASGIResponder
 
 from .asgi import create_app
 from .deployments import Deployment
-from .policy import Policy
-from .protocol import error_body
-from .proxy import Proxy
+from .policy import HTTPError, Policy
+from .proxy import Proxy, error_response
 from .server import blocking_portal, new_request_id
 
 if TYPE_CHECKING:
@@ -131,12 +129,11 @@ class _ClosingIterator:
         request_id = new_request_id(self._environ.get("HTTP_X_REQUEST_ID"))
         if self.started:
             raise StopIteration
-        body = error_body("bad_request", "the request body could not be read", request_id)
-        self._start_response(
-            "400 Bad Request",
-            [("Content-Type", "application/json"), ("X-Request-ID", request_id)],
+        answer = error_response(
+            HTTPError(400, "bad_request", "the request body could not be read"), request_id
         )
-        return json.dumps(body, separators=(",", ":")).encode()
+        self._start_response("400 Bad Request", list(answer.headers.items()))
+        return cast(bytes, answer.body)
 
     def close(self) -> None:
         try:
