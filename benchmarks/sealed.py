@@ -2,7 +2,7 @@
 
     ./dev bench sealed            # or: .venv/bin/python benchmarks/sealed.py
 
-- seal and open one reference: `ikproxy.sealed.Sealer` (AES-256-GCM, the caller
+- seal and open one reference: `ikproxy.runs.sealed.Sealer` (AES-256-GCM, the caller
   as associated data) against `cryptography`'s Fernet (AES-128-CBC and
   HMAC-SHA256, the caller folded into the plaintext), the other well-kept
   choice; and the length of the event id each gives;
@@ -30,8 +30,8 @@ from typing import Any
 import anyio
 from cryptography.fernet import Fernet
 
-from ikproxy.sealed import SEALED_PREFIX, Sealer
-from ikproxy.server import RunStream
+from ikproxy.proxy.stream import RunStream
+from ikproxy.runs.sealed import SEALED_PREFIX, Sealer
 
 ROUNDS = 5
 REFERENCES = 20_000

@@ -35,7 +35,7 @@ import redis.asyncio.connection
 
 from _procs import cpu_seconds, free_port, rss_kib, serving
 from ikproxy import Progress, Results, TaskIO
-from ikproxy.runs import RunRegistry
+from ikproxy.runs.registry import RunRegistry
 from ikproxy.stores import MemoryStore, RedisStore, Store
 
 ROUND_TRIPS = [0]

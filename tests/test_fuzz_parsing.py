@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ikproxy.parsing import ProxyRequest, parse_run_request
 from ikproxy.policy import HTTPError, Param, Policy
+from ikproxy.proxy.parsing import ProxyRequest, parse_run_request
 
 from .hostile_images import HOSTILE_IMAGES, png
 

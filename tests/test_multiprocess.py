@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from ikproxy.codecs.sse import ServerSentEvent, SSEDecoder
-from ikproxy.runs import parse_position
+from ikproxy.protocol import parse_position
 
 from ._redis import redis_server
 from ._support import free_port, running_server

@@ -22,7 +22,7 @@ from ikproxy import LocalDeployment
 from ikproxy.asgi import create_app
 from ikproxy.browser import process_readable_stream_sync, run_sync
 from ikproxy.io import ImageIO, RefIO
-from ikproxy.outputs import OutputStore, RangeNotSatisfiable, parse_range
+from ikproxy.proxy.outputs import OutputStore, RangeNotSatisfiable, parse_range
 
 BIG = b"\x89PNG\r\n\x1a\n" + os.urandom(50_000)
 SMALL = b"\x89PNG\r\n\x1a\n" + b"small"
@@ -162,7 +162,7 @@ def test_no_limit_keeps_every_image_inline() -> None:
 
 
 def test_store_expiry_files_and_bounds(tmp_path: Any) -> None:
-    from ikproxy.outputs import FileBody, InlineBody
+    from ikproxy.proxy.outputs import FileBody, InlineBody
 
     now = [0.0]
     store = OutputStore(10, max_runs=2, clock=lambda: now[0])

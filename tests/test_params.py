@@ -18,8 +18,8 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 from ikproxy.asgi import create_app
-from ikproxy.params import ModelParameters
 from ikproxy.policy import Param, Policy
+from ikproxy.policy.params import ModelParameters
 
 from ._support import ScriptedDeployment
 

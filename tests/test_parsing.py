@@ -206,7 +206,7 @@ def test_image_pixel_limit_is_a_policy_option(deployment: ScriptedDeployment) ->
 
 
 def test_verify_image_names_the_size_of_a_bomb() -> None:
-    from ikproxy.images import verify_image
+    from ikproxy.proxy.images import verify_image
 
     with pytest.raises(HTTPError) as caught:
         verify_image(png_bomb(8000, 8000), max_pixels=40_000_000)
@@ -222,7 +222,7 @@ def test_verify_image_names_the_size_of_a_bomb() -> None:
 def test_verify_image_keeps_pillows_global_limit() -> None:
     from PIL import Image
 
-    from ikproxy.images import verify_image
+    from ikproxy.proxy.images import verify_image
 
     before = Image.MAX_IMAGE_PIXELS
     with pytest.raises(HTTPError):
@@ -242,7 +242,7 @@ def test_image_format_of_a_bomb_is_unknown_not_an_exception(name: str) -> None:
 
 
 def _short_request() -> Any:
-    from ikproxy.parsing import ProxyRequest
+    from ikproxy.proxy.parsing import ProxyRequest
 
     headers = {"content-length": "1000", "content-type": "application/x-www-form-urlencoded"}
     return ProxyRequest("POST", "/run", "", headers)
@@ -251,7 +251,7 @@ def _short_request() -> Any:
 def test_a_body_shorter_than_its_content_length_is_refused_not_half_used(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from ikproxy.parsing import read_body_sync
+    from ikproxy.proxy.parsing import read_body_sync
 
     with caplog.at_level("INFO", logger="ikproxy"), pytest.raises(HTTPError) as caught:
         read_body_sync(_short_request(), [b"prompt=a"], 64 * 1024, request_id="r1")
@@ -267,7 +267,7 @@ def test_a_body_shorter_than_its_content_length_is_refused_not_half_used(
 
 @pytest.mark.anyio
 async def test_a_short_async_body_is_refused_too() -> None:
-    from ikproxy.parsing import read_body
+    from ikproxy.proxy.parsing import read_body
 
     async def body() -> Any:
         yield b"prompt=a"
@@ -279,7 +279,7 @@ async def test_a_short_async_body_is_refused_too() -> None:
 
 def _short_multipart() -> tuple[Any, list[bytes]]:
     """A complete multipart body of one field, sent under a longer `Content-Length`."""
-    from ikproxy.parsing import ProxyRequest
+    from ikproxy.proxy.parsing import ProxyRequest
 
     body = b'--B\r\nContent-Disposition: form-data; name="prompt"\r\n\r\na\r\n--B--\r\n'
     headers = {"content-length": "1000", "content-type": "multipart/form-data; boundary=B"}
@@ -287,9 +287,9 @@ def _short_multipart() -> tuple[Any, list[bytes]]:
 
 
 def test_a_short_multipart_body_read_while_parsed_is_refused(tmp_path: Any) -> None:
-    from ikproxy.parsing import read_run_request_sync
     from ikproxy.policy import Policy
-    from ikproxy.uploads import UploadDir
+    from ikproxy.proxy.parsing import read_run_request_sync
+    from ikproxy.proxy.uploads import UploadDir
 
     request, body = _short_multipart()
     policy = Policy(parameters={"prompt": str})
@@ -303,9 +303,9 @@ def test_a_short_multipart_body_read_while_parsed_is_refused(tmp_path: Any) -> N
 
 @pytest.mark.anyio
 async def test_a_short_async_multipart_body_read_while_parsed_is_refused() -> None:
-    from ikproxy.parsing import read_run_request
     from ikproxy.policy import Policy
-    from ikproxy.uploads import UploadDir
+    from ikproxy.proxy.parsing import read_run_request
+    from ikproxy.proxy.uploads import UploadDir
 
     request, chunks = _short_multipart()
 

@@ -20,7 +20,7 @@ from ikproxy.asgi import create_app
 from ikproxy.browser import process_readable_stream_sync
 from ikproxy.codecs.sse import ServerSentEvent, SSEDecoder
 from ikproxy.policy import AccessDenied
-from ikproxy.runs import parse_position
+from ikproxy.protocol import parse_position
 
 from ._support import ScriptedDeployment, serving
 

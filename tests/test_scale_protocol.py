@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ikproxy import ImageIO, InvalidParameter, TaskIO, UpstreamError, WorkflowFailed
-from ikproxy.deployments._scale_protocol import (
+from ikproxy.deployments.scale.protocol import (
     MAX_POLLS,
     Answer,
     Workflow,

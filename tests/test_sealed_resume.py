@@ -27,8 +27,8 @@ from ikproxy.browser import process_readable_stream_sync
 from ikproxy.codecs.sse import ServerSentEvent, SSEDecoder
 from ikproxy.deployments.scale import Client
 from ikproxy.policy import Policy
-from ikproxy.runs import parse_position
-from ikproxy.sealed import ExpiredReference, InvalidReference, Sealer
+from ikproxy.protocol import parse_position
+from ikproxy.runs.sealed import ExpiredReference, InvalidReference, Sealer
 from ikproxy.testing import TINY_PNG, FakeScale
 
 from ._support import ScriptedDeployment, serving

@@ -14,8 +14,9 @@ import pytest
 from ikproxy import Progress, Results, TaskIO, WorkflowFailed
 from ikproxy.codecs.ndjson import NDJSONDecoder
 from ikproxy.codecs.sse import ServerSentEvent, SSEDecoder
+from ikproxy.concurrency import iterate_in_portal
 from ikproxy.errors import AuthenticationFailed, RunTimeout, UpstreamConnectionError
-from ikproxy.server import iterate_in_portal, to_readable_stream
+from ikproxy.server import to_readable_stream
 
 from ._support import default_script
 

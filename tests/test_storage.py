@@ -23,7 +23,7 @@ from ikproxy import (
     SyncClient,
     UpstreamError,
 )
-from ikproxy.storage import StorageInfos, StorageObject
+from ikproxy.deployments.scale.storage import StorageInfos, StorageObject
 from ikproxy.testing import FakeScale
 
 pytestmark = pytest.mark.anyio

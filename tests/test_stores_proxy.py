@@ -24,7 +24,7 @@ from ikproxy.asgi import create_app
 from ikproxy.codecs.sse import ServerSentEvent, SSEDecoder
 from ikproxy.errors import UpstreamError
 from ikproxy.policy import TokenBucket
-from ikproxy.runs import parse_position
+from ikproxy.protocol import parse_position
 from ikproxy.stores import RedisStore
 
 from ._support import ScriptedDeployment, free_port, serving

@@ -24,7 +24,8 @@ import pytest
 
 from ikproxy import IkproxyError, Progress, Results
 from ikproxy.codecs.sse import ServerSentEvent, SSEDecoder
-from ikproxy.ownership import (
+from ikproxy.protocol import parse_position
+from ikproxy.runs.ownership import (
     LOST,
     TAKEOVER_BOUND,
     OwnerLease,
@@ -32,7 +33,7 @@ from ikproxy.ownership import (
     lease_name,
     upstream_uuid,
 )
-from ikproxy.runs import RunRegistry, parse_position
+from ikproxy.runs.registry import RunRegistry
 from ikproxy.stores import MemoryStore, RedisStore
 
 from ._support import free_port, running_server

@@ -31,7 +31,7 @@ from ikproxy.browser import process_readable_stream_sync
 from ikproxy.deployments.local import check_cancelled
 from ikproxy.io import FileIO, ImageIO
 from ikproxy.proxy import Proxy, ProxyRequest
-from ikproxy.uploads import UploadDir, accepts
+from ikproxy.proxy.uploads import UploadDir, accepts
 
 from ._support import free_port, running_server, serving
 from ._upload_app import StoredOutputs

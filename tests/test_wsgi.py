@@ -15,9 +15,9 @@ import pytest
 from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
+from ikproxy.concurrency import blocking_portal
 from ikproxy.policy import Param
 from ikproxy.proxy import Proxy
-from ikproxy.server import blocking_portal
 from ikproxy.wsgi import create_wsgi_app
 
 from ._support import ScriptedDeployment, free_port, running_server

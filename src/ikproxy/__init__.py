@@ -7,10 +7,10 @@ stays on the server.
 
 from __future__ import annotations
 
-from .__about__ import __version__
-from .deployments.local import LocalDeployment, TaskFailed, Update
-from .deployments.scale import Client, SyncClient
-from .errors import (
+from ikproxy.__about__ import __version__
+from ikproxy.deployments.local import LocalDeployment, TaskFailed, Update
+from ikproxy.deployments.scale import Client, SyncClient
+from ikproxy.errors import (
     AuthenticationFailed,
     FetchError,
     IkproxyError,
@@ -29,9 +29,9 @@ from .errors import (
     UpstreamTimeout,
     WorkflowFailed,
 )
-from .fetch import Fetched, fetch_url
-from .io import BaseIO, FileIO, ImageIO, RefIO, StorageObjectIO, TaskIO
-from .model import Progress, Results, State
+from ikproxy.fetch import Fetched, fetch_url
+from ikproxy.io import BaseIO, FileIO, ImageIO, RefIO, StorageObjectIO, TaskIO
+from ikproxy.model import Progress, Results, State
 
 __all__ = [
     "AuthenticationFailed",

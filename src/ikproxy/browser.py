@@ -18,13 +18,20 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import anyio
 
-from .codecs.ndjson import NDJSONDecoder, NDJSONError
-from .codecs.sse import SSEDecoder, SSEError
-from .errors import IkproxyError, IncompleteStream, StreamError
-from .io import RefIO
-from .model import Progress, Results
-from .protocol import ERROR, KEEPALIVE, NDJSON_MEDIA_TYPE, PROGRESS, RESULT, SSE_MEDIA_TYPE
-from .runs import parse_position
+from ikproxy.codecs.ndjson import NDJSONDecoder, NDJSONError
+from ikproxy.codecs.sse import SSEDecoder, SSEError
+from ikproxy.errors import IkproxyError, IncompleteStream, StreamError
+from ikproxy.io import RefIO
+from ikproxy.model import Progress, Results
+from ikproxy.protocol import (
+    ERROR,
+    KEEPALIVE,
+    NDJSON_MEDIA_TYPE,
+    PROGRESS,
+    RESULT,
+    SSE_MEDIA_TYPE,
+    parse_position,
+)
 
 if TYPE_CHECKING:
     import httpx

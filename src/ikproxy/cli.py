@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .__about__ import __version__
-from .errors import IncompleteStream, StreamError
-from .model import Progress
+from ikproxy.__about__ import __version__
+from ikproxy.errors import IncompleteStream, StreamError
+from ikproxy.model import Progress
 
 __all__ = ["main"]
 
@@ -129,7 +129,7 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ._demo_app import create_demo_app, deployment_from_env
+    from ikproxy.demo.app import create_demo_app, deployment_from_env
 
     try:
         deployment = deployment_from_env()
@@ -140,7 +140,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve_scale(args: argparse.Namespace) -> int:
-    from ._demo_app import create_demo_app, deployment_from_env
+    from ikproxy.demo.app import create_demo_app, deployment_from_env
 
     if not args.endpoint:
         raise _UsageError("--endpoint URL is required (or set IKOMIA_ENDPOINT)")
@@ -234,7 +234,7 @@ def _exit_quietly(signum: int, frame: object) -> None:
 def _run(args: argparse.Namespace) -> int:
     import httpx
 
-    from .browser import run_sync
+    from ikproxy.browser import run_sync
 
     if not args.url.startswith(("http://", "https://")):
         raise _UsageError(f"the URL must start with http:// or https://, not {args.url!r}")
@@ -310,7 +310,7 @@ def _read_image(path: Path) -> tuple[str, bytes]:
 
 
 def _write_results(results: Any, output: Path | None) -> int:
-    from .io import ImageIO, RefIO
+    from ikproxy.io import ImageIO, RefIO
 
     image_written = False
     for index, item in enumerate(results.get_outputs()):

@@ -6,7 +6,13 @@ URL or a traceback. Full detail goes to the server log, never to the browser.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Literal
+
+from ikproxy.protocol import ERROR_MESSAGES
+
 __all__ = [
+    "AccessDenied",
     "AuthenticationFailed",
     "FetchError",
     "FetchHTTPError",
@@ -17,6 +23,7 @@ __all__ = [
     "FetchTooLarge",
     "FetchTooManyRedirects",
     "FetchUnsupportedScheme",
+    "HTTPError",
     "IkproxyError",
     "IncompleteStream",
     "InvalidInput",
@@ -32,6 +39,7 @@ __all__ = [
     "UpstreamHTTPError",
     "UpstreamTimeout",
     "WorkflowFailed",
+    "error_code",
 ]
 
 
@@ -209,3 +217,41 @@ class StorageObjectExists(StorageError):
 
 class StorageObjectNotFound(StorageError):
     """No storage object matches (HTTP 404)."""
+
+
+class HTTPError(Exception):
+    """A request refused before the stream starts: a status, a code and a safe message."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class AccessDenied(HTTPError):
+    """Raised by an `authorize` hook: 401 (who are you?) or 403 (not allowed)."""
+
+    def __init__(self, status: Literal[401, 403] = 403, message: str | None = None) -> None:
+        if status not in (401, 403):
+            raise ValueError("AccessDenied status must be 401 or 403")
+        code = "unauthenticated" if status == 401 else "forbidden"
+        default = "Authentication required." if status == 401 else "Not allowed."
+        super().__init__(status, code, message or default)
+
+
+def error_code(exc: BaseException) -> str:
+    """The wire error code for an exception raised by a run."""
+    if isinstance(exc, IkproxyError) and exc.code in ERROR_MESSAGES:
+        return exc.code
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "internal"

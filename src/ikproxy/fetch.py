@@ -28,7 +28,7 @@ from urllib.parse import unquote
 import anyio
 import httpx
 
-from .errors import (
+from ikproxy.errors import (
     FetchHTTPError,
     FetchNotFound,
     FetchOriginNotAllowed,
@@ -38,7 +38,7 @@ from .errors import (
     FetchTooManyRedirects,
     FetchUnsupportedScheme,
 )
-from .io import SNIFF_BYTES, sniff_content_type
+from ikproxy.io import SNIFF_BYTES, sniff_content_type
 
 __all__ = ["Fetched", "fetch_url", "is_public_address", "origin_of", "redact_url"]
 

@@ -13,18 +13,17 @@ import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Union, runtime_checkable
 
 if TYPE_CHECKING:
     from PIL import Image
-
-    from .model import Results
 
 __all__ = [
     "BaseIO",
     "FileIO",
     "ImageIO",
     "InputLike",
+    "Outputs",
     "RefIO",
     "StorageObjectIO",
     "TaskIO",
@@ -404,9 +403,14 @@ def io_from_json(obj: Any) -> BaseIO:
     return TaskIO(kind, data)
 
 
-InputLike = Union[
-    str, "os.PathLike[str]", bytes, "Image.Image", BaseIO, "Results", Mapping[str, Any]
-]
+@runtime_checkable
+class Outputs(Protocol):
+    """Anything that holds a run's outputs, such as `ikproxy.Results`: chained as inputs."""
+
+    def get_outputs(self) -> list[BaseIO]: ...
+
+
+InputLike = Union[str, "os.PathLike[str]", bytes, "Image.Image", BaseIO, Outputs, Mapping[str, Any]]
 """What a run accepts as an input: a path (an image, another file, a folder), a
 URL (SCALE client), image bytes, a PIL image, a typed IO (`FileIO` for files),
 a previous run's `Results` (to chain runs), or a raw one-key wire object."""
@@ -418,13 +422,11 @@ def as_inputs(*inputs: InputLike) -> list[BaseIO]:
     A path to an image becomes an `ImageIO`; a path to any other file (by its
     bytes: a video, a document) or to a folder becomes a `FileIO`.
     """
-    from .model import Results
-
     out: list[BaseIO] = []
     for value in inputs:
         if isinstance(value, BaseIO):
             out.append(value)
-        elif isinstance(value, Results):
+        elif isinstance(value, Outputs):
             out.extend(value.get_outputs())
         elif isinstance(value, (bytes, bytearray, memoryview)):
             out.append(ImageIO.from_bytes(bytes(value)))

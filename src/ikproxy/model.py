@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, Union, overload
 
-from .io import BaseIO, io_from_json
+from ikproxy.io import BaseIO, io_from_json
 
-__all__ = ["Eta", "Progress", "Results", "State"]
+__all__ = ["Eta", "Progress", "Results", "State", "StreamItem"]
 
 T = TypeVar("T", bound=BaseIO)
 
@@ -179,3 +179,7 @@ def _optional_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ValueError(f"{where}.{key} must be a string or null")
     return value
+
+
+StreamItem = Union[Progress, Mapping[str, Any]]
+"""What a run's stream carries: progress, or a wire object (a terminal `error`, say)."""

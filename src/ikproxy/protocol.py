@@ -8,6 +8,8 @@ is a JSON object; over NDJSON each line is that object with a `type` (and the
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Any, Final
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "RESULT",
     "SSE_MEDIA_TYPE",
     "error_body",
+    "new_request_id",
+    "parse_position",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -32,6 +36,8 @@ KEEPALIVE: Final = "keepalive"
 
 SSE_MEDIA_TYPE: Final = "text/event-stream"
 NDJSON_MEDIA_TYPE: Final = "application/x-ndjson"
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 
 #: The safe message sent with each error code. The detail goes to the server log.
 ERROR_MESSAGES: Final[dict[str, str]] = {
@@ -66,3 +72,18 @@ def error_body(code: str, message: str, request_id: str | None = None) -> dict[s
     if request_id is not None:
         error["request_id"] = request_id
     return {"error": error}
+
+
+def new_request_id(given: str | None = None) -> str:
+    """The request id for logs and error events: the caller's if it is safe, else a new one."""
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def parse_position(last_event_id: str) -> tuple[str, int] | None:
+    """(token, number of events seen) from a `Last-Event-ID` of the form `<token>:<n>`."""
+    token, sep, number = last_event_id.rpartition(":")
+    if not sep or not token or not number.isdigit():
+        return None
+    return token, int(number)

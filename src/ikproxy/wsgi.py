@@ -30,11 +30,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from a2wsgi.asgi import ASGIResponder
 
-from .asgi import create_app
-from .deployments import Deployment
-from .policy import HTTPError, Policy
-from .proxy import Proxy, error_response
-from .server import blocking_portal, new_request_id
+from ikproxy.asgi import create_app
+from ikproxy.concurrency import blocking_portal
+from ikproxy.deployments import Deployment
+from ikproxy.errors import HTTPError
+from ikproxy.policy.config import Policy
+from ikproxy.protocol import new_request_id
+from ikproxy.proxy.core import Proxy, error_response
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

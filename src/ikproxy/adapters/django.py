@@ -55,9 +55,9 @@ from django.urls import URLPattern, re_path
 from django.utils.module_loading import import_string
 from django.views.decorators.csrf import csrf_exempt
 
-from ..deployments import Deployment
-from ..policy import Policy
-from ..proxy import Proxy, ProxyRequest, ProxyResponse, SyncProxyResponse
+from ikproxy.deployments import Deployment
+from ikproxy.policy.config import Policy
+from ikproxy.proxy.core import Proxy, ProxyRequest, ProxyResponse, SyncProxyResponse
 
 __all__ = ["ProxyURLs", "urls"]
 

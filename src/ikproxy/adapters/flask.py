@@ -28,9 +28,9 @@ from typing import IO, Any, cast
 
 from flask import Blueprint, Request, Response, request
 
-from ..deployments import Deployment
-from ..policy import Policy
-from ..proxy import METHODS, Proxy, ProxyRequest, SyncProxyResponse
+from ikproxy.deployments import Deployment
+from ikproxy.policy.config import Policy
+from ikproxy.proxy.core import METHODS, Proxy, ProxyRequest, SyncProxyResponse
 
 __all__ = ["ProxyBlueprint", "blueprint"]
 

@@ -26,10 +26,10 @@ from litestar.background_tasks import BackgroundTask
 from litestar.openapi.spec import Operation
 from litestar.response import Stream
 
-from ..deployments import Deployment
-from ..openapi import FORMAT_PARAMETER, run_docs
-from ..policy import Policy
-from ..proxy import Proxy, ProxyRequest, ProxyResponse
+from ikproxy.deployments import Deployment
+from ikproxy.policy.config import Policy
+from ikproxy.proxy.core import Proxy, ProxyRequest, ProxyResponse
+from ikproxy.proxy.openapi import FORMAT_PARAMETER, run_docs
 
 __all__ = ["router"]
 

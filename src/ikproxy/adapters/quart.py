@@ -20,9 +20,9 @@ from typing import Any
 
 from quart import Blueprint, Request, Response, request
 
-from ..deployments import Deployment
-from ..policy import Policy
-from ..proxy import METHODS, Proxy, ProxyRequest, ProxyResponse
+from ikproxy.deployments import Deployment
+from ikproxy.policy.config import Policy
+from ikproxy.proxy.core import METHODS, Proxy, ProxyRequest, ProxyResponse
 
 __all__ = ["blueprint"]
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from sanic import Blueprint, HTTPResponse, Request, Sanic
 
-from ..deployments import Deployment
-from ..policy import Policy
-from ..proxy import METHODS, Proxy, ProxyRequest
+from ikproxy.deployments import Deployment
+from ikproxy.policy.config import Policy
+from ikproxy.proxy.core import METHODS, Proxy, ProxyRequest
 
 __all__ = ["blueprint"]
 

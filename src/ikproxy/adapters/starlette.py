@@ -40,12 +40,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route, Router
 
-from ..asgi import ProxyEndpoint, proxy_request, to_starlette_response
-from ..deployments import Deployment
-from ..openapi import FORMAT_PARAMETER, STATUS_DOCS, run_docs
-from ..policy import HTTPError, Policy
-from ..proxy import Proxy, error_response
-from ..server import new_request_id
+from ikproxy.asgi import ProxyEndpoint, proxy_request, to_starlette_response
+from ikproxy.deployments import Deployment
+from ikproxy.errors import HTTPError
+from ikproxy.policy.config import Policy
+from ikproxy.protocol import new_request_id
+from ikproxy.proxy.core import Proxy, error_response
+from ikproxy.proxy.openapi import FORMAT_PARAMETER, STATUS_DOCS, run_docs
 
 if TYPE_CHECKING:
     from fastapi import APIRouter

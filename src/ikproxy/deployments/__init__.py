@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
-from ..io import FileIO, InputLike
-from ..model import Progress, Results
+from ikproxy.io import FileIO, InputLike
+from ikproxy.model import Progress, Results
 
 __all__ = ["Deployment", "StreamingUpload", "SupportsAttach", "SupportsStreamingUpload"]
 

@@ -85,9 +85,9 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
-from ..errors import IkproxyError, InvalidParameter, RunTimeout
-from ..io import BaseIO, FileIO, ImageIO, InputLike, as_inputs, io_from_json
-from ..model import Eta, Progress, Results, State
+from ikproxy.errors import IkproxyError, InvalidParameter, RunTimeout
+from ikproxy.io import BaseIO, FileIO, ImageIO, InputLike, as_inputs, io_from_json
+from ikproxy.model import Eta, Progress, Results, State
 
 __all__ = ["LocalDeployment", "TaskFailed", "Update", "check_cancelled"]
 

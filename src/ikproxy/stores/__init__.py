@@ -28,11 +28,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import Append, RunInfo, Store, StoreUnavailable
-from .memory import MemoryStore
+from ikproxy.stores.base import Append, RunInfo, Store, StoreUnavailable
+from ikproxy.stores.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from .redis import RedisStore
+    from ikproxy.stores.redis import RedisStore
 
 __all__ = ["Append", "MemoryStore", "RedisStore", "RunInfo", "Store", "StoreUnavailable"]
 
@@ -40,7 +40,7 @@ __all__ = ["Append", "MemoryStore", "RedisStore", "RunInfo", "Store", "StoreUnav
 def __getattr__(name: str) -> Any:
     # redis-py is an optional extra: imported only when RedisStore is asked for.
     if name == "RedisStore":
-        from .redis import RedisStore
+        from ikproxy.stores.redis import RedisStore
 
         return RedisStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

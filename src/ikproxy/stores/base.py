@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from ..errors import IkproxyError
+from ikproxy.errors import IkproxyError
 
 __all__ = ["Append", "RunInfo", "Store", "StoreUnavailable"]
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import Append, RunInfo
+from ikproxy.stores.base import Append, RunInfo
 
 __all__ = ["MemoryStore"]
 

@@ -29,7 +29,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import Append, RunInfo, StoreUnavailable
+from ikproxy.stores.base import Append, RunInfo, StoreUnavailable
 
 __all__ = ["RedisStore"]
 

@@ -20,12 +20,12 @@ Run one from a shell with `python -m ikproxy.testing --port 8765`, or get the
 
 from __future__ import annotations
 
-from ._fake import FakeScale, Fault
-from ._png import TINY_PNG
-from ._recording import KINDS, Kind, RecordedRequest
-from ._storage import FakeStorage, StoredObject
-from ._transport import ConnectionDropped
-from ._workflow import default_workflow
+from ikproxy.testing._fake import FakeScale, Fault
+from ikproxy.testing._png import TINY_PNG
+from ikproxy.testing._recording import KINDS, Kind, RecordedRequest
+from ikproxy.testing._storage import FakeStorage, StoredObject
+from ikproxy.testing._transport import ConnectionDropped
+from ikproxy.testing._workflow import default_workflow
 
 __all__ = [
     "KINDS",

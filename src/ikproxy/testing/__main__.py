@@ -13,9 +13,9 @@ import signal
 import sys
 from types import FrameType
 
-from ._fake import FakeScale
-from ._server import Server, bind, url_of
-from ._workflow import default_workflow
+from ikproxy.testing._fake import FakeScale
+from ikproxy.testing._server import Server, bind, url_of
+from ikproxy.testing._workflow import default_workflow
 
 
 def _parser() -> argparse.ArgumentParser:

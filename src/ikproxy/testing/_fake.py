@@ -33,9 +33,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ..io import sniff_content_type
-from ._png import TINY_PNG_B64
-from ._recording import (
+from ikproxy.io import sniff_content_type
+from ikproxy.testing._png import TINY_PNG_B64
+from ikproxy.testing._recording import (
     JWT_PATH,
     KINDS,
     POLL_PREFIX,
@@ -49,9 +49,9 @@ from ._recording import (
     record,
     replay,
 )
-from ._storage import FakeStorage
-from ._transport import FakeTransport, drop_connection
-from ._workflow import BadRunRequest, WorkflowIndex, default_workflow
+from ikproxy.testing._storage import FakeStorage
+from ikproxy.testing._transport import FakeTransport, drop_connection
+from ikproxy.testing._workflow import BadRunRequest, WorkflowIndex, default_workflow
 
 __all__ = ["FakeScale", "Fault"]
 
@@ -293,7 +293,7 @@ class FakeScale:
         """Serve the fake with uvicorn in a background thread; yield its URL
         (both the SCALE API URL and the endpoint URL). Stopped and joined on exit."""
         try:
-            from ._server import serve_in_thread
+            from ikproxy.testing._server import serve_in_thread
         except ModuleNotFoundError as exc:  # uvicorn is an optional dependency
             raise ModuleNotFoundError(
                 "FakeScale.serve() needs uvicorn: pip install 'ikproxy[server]'"

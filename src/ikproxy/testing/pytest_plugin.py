@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ._fake import FakeScale
+from ikproxy.testing._fake import FakeScale
 
 __all__ = ["fake_scale", "fake_scale_url"]
 

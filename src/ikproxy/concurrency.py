@@ -1,4 +1,6 @@
-"""An event loop in a daemon thread, for sync callers (`SyncClient`, WSGI servers).
+"""Concurrency helpers shared by every layer: deadlines, closing streams, sync bridges.
+
+An event loop in a daemon thread serves sync callers (`SyncClient`, WSGI servers).
 
 `anyio.from_thread.start_blocking_portal()` runs its loop in a non-daemon
 worker thread, which the interpreter waits for at exit: a portal its owner
@@ -9,14 +11,24 @@ the garbage collector, or by the end of the program, whichever comes first.
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import TypeVar, cast
 
 import anyio
 from anyio.from_thread import BlockingPortal
 
-__all__ = ["PortalThread", "iterate"]
+__all__ = [
+    "PortalThread",
+    "aclose",
+    "blocking_portal",
+    "deadline",
+    "iterate",
+    "iterate_in_portal",
+]
 
 T = TypeVar("T")
 _DONE = object()
@@ -98,3 +110,48 @@ def iterate(
             portal.call(aclose)
         except RuntimeError:
             pass  # closed from the loop thread itself, or after the loop stopped
+
+
+def deadline(timeout: float | None) -> AbstractContextManager[object]:
+    """`anyio.fail_after`, or nothing at all when there is no deadline (saves a scope)."""
+    return nullcontext() if timeout is None else anyio.fail_after(timeout)
+
+
+async def aclose(stream: object) -> None:
+    """Close an async iterator if it can be closed (generators, our streams)."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
+
+
+_portal_lock = threading.Lock()
+_portal: tuple[int, PortalThread] | None = None
+
+
+def blocking_portal() -> BlockingPortal:
+    """The process-wide portal: one event loop thread shared by all sync callers.
+
+    Started on first use, and again in a forked child (a loop thread does not
+    survive `fork`). One shared loop means state such as locks and caches can
+    be shared between requests, which a loop per request would break. The
+    loop thread is a daemon, so it never holds the interpreter open at exit.
+    """
+    global _portal
+    pid = os.getpid()
+    current = _portal
+    if current is not None and current[0] == pid:
+        return current[1].portal
+    with _portal_lock:
+        if _portal is None or _portal[0] != pid:
+            _portal = (pid, PortalThread("ikproxy-portal"))
+        return _portal[1].portal
+
+
+def iterate_in_portal(ait: AsyncIterator[T]) -> Iterator[T]:
+    """Iterate an async iterator from sync code, one item per call into the portal.
+
+    Closing the returned generator (as WSGI servers do when the client leaves)
+    closes the async iterator on the portal's loop.
+    """
+
+    return iterate(blocking_portal(), ait, functools.partial(aclose, ait))

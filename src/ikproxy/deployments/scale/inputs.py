@@ -22,7 +22,9 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from ..errors import (
+from ikproxy.deployments.scale.protocol import STORED_DATA_TYPES, Workflow, infer_data_type
+from ikproxy.deployments.scale.storage import Storage, UploadStream
+from ikproxy.errors import (
     FetchError,
     FetchHTTPError,
     FetchNotFound,
@@ -30,11 +32,9 @@ from ..errors import (
     FetchUnsupportedScheme,
     InvalidInput,
 )
-from ..fetch import fetch_url, redact_url
-from ..io import BaseIO, FileIO, ImageIO, InputLike, StorageObjectIO, as_inputs
-from ..model import Results
-from ..storage import Storage, UploadStream
-from ._scale_protocol import STORED_DATA_TYPES, Workflow, infer_data_type
+from ikproxy.fetch import fetch_url, redact_url
+from ikproxy.io import BaseIO, FileIO, ImageIO, InputLike, StorageObjectIO, as_inputs
+from ikproxy.model import Results
 
 __all__ = ["InputOptions", "StoredFile", "StreamedUpload", "prepare_inputs", "zip_folder"]
 

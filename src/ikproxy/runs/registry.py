@@ -32,13 +32,13 @@ from typing import Any, Protocol
 
 import anyio
 
-from .errors import IkproxyError, UpstreamError, WorkflowFailed
-from .model import Progress, State
-from .ownership import CHECK_EVERY, Attach, OwnerLease, Takeover
-from .server import StreamItem, aclose, deadline, error_code
-from .stores import Append, MemoryStore, RunInfo, Store, StoreUnavailable
+from ikproxy.concurrency import aclose, deadline
+from ikproxy.errors import IkproxyError, UpstreamError, WorkflowFailed, error_code
+from ikproxy.model import Progress, State, StreamItem
+from ikproxy.runs.ownership import CHECK_EVERY, Attach, OwnerLease, Takeover
+from ikproxy.stores import Append, MemoryStore, RunInfo, Store, StoreUnavailable
 
-__all__ = ["LogWriter", "RunLog", "RunRegistry", "SharedRun", "StoredRun", "parse_position"]
+__all__ = ["LogWriter", "RunLog", "RunRegistry", "SharedRun", "StoredRun"]
 
 logger = logging.getLogger("ikproxy")
 
@@ -609,11 +609,3 @@ class RunRegistry:
     def forget(self, token: str) -> None:
         self._runs.pop(token, None)
         self.writer.drop(token)
-
-
-def parse_position(last_event_id: str) -> tuple[str, int] | None:
-    """(token, number of events seen) from a `Last-Event-ID` of the form `<token>:<n>`."""
-    token, sep, number = last_event_id.rpartition(":")
-    if not sep or not token or not number.isdigit():
-        return None
-    return token, int(number)

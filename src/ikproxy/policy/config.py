@@ -6,215 +6,26 @@ applies the same `Policy` through `ikproxy.proxy.Proxy`.
 
 from __future__ import annotations
 
-import math
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
+from typing import Any
 
-if TYPE_CHECKING:
-    from .params import ModelParameters
+from ikproxy.policy.limits import MaybeAwaitable, RateLimiter, TokenBucket
+from ikproxy.policy.params import (
+    PARAM_TYPES,
+    ModelParameters,
+    Param,
+    invalid_parameter,
+    is_model,
+    model_parameters,
+)
+from ikproxy.stores import Store
 
-from .stores import Store
-
-__all__ = [
-    "AccessDenied",
-    "Authorize",
-    "HTTPError",
-    "Param",
-    "Policy",
-    "RateLimiter",
-    "SharedTokenBucket",
-    "TokenBucket",
-]
-
-R = TypeVar("R")
-MaybeAwaitable = Union[R, Awaitable[R]]
+__all__ = ["Authorize", "Policy"]
 
 #: `authorize(request)`: return True/None to allow, False to refuse with 403, or
 #: raise `AccessDenied(401 or 403, message)`. May be sync or async.
 Authorize = Callable[[Any], MaybeAwaitable[bool | None]]
-
-
-class HTTPError(Exception):
-    """A request refused before the stream starts: a status, a code and a safe message."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-
-
-class AccessDenied(HTTPError):
-    """Raised by an `authorize` hook: 401 (who are you?) or 403 (not allowed)."""
-
-    def __init__(self, status: Literal[401, 403] = 403, message: str | None = None) -> None:
-        if status not in (401, 403):
-            raise ValueError("AccessDenied status must be 401 or 403")
-        code = "unauthenticated" if status == 401 else "forbidden"
-        default = "Authentication required." if status == 401 else "Not allowed."
-        super().__init__(status, code, message or default)
-
-
-_TYPE_NAMES: dict[type, str] = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "a boolean",
-}
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
-
-ParamType = Union[type[str], type[int], type[float], type[bool]]
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter a browser may set: its type, whether it is required, and its bounds.
-
-    Values from a query string or a form arrive as text and are converted to
-    `type`; values from a JSON body must already have that type (an integer
-    is accepted where a float is wanted).
-    """
-
-    type: ParamType = str
-    required: bool = False
-    default: Any = None
-    max_length: int | None = None
-    min_length: int | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: Sequence[Any] | None = None
-
-    def __post_init__(self) -> None:
-        if self.type not in _TYPE_NAMES:
-            raise TypeError("Param.type must be one of str, int, float or bool")
-        if self.required and self.default is not None:
-            raise ValueError("a required Param cannot have a default")
-
-    def convert(self, name: str, raw: Any, *, from_text: bool) -> Any:
-        """`raw` as a checked value of this parameter; `HTTPError(400)` otherwise."""
-        value = self._coerce(name, raw, from_text)
-        if isinstance(value, str):
-            if self.max_length is not None and len(value) > self.max_length:
-                raise _invalid(f"parameter '{name}' is longer than {self.max_length} characters")
-            if self.min_length is not None and len(value) < self.min_length:
-                raise _invalid(f"parameter '{name}' is shorter than {self.min_length} characters")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            if self.minimum is not None and value < self.minimum:
-                raise _invalid(f"parameter '{name}' must be at least {self.minimum:g}")
-            if self.maximum is not None and value > self.maximum:
-                raise _invalid(f"parameter '{name}' must be at most {self.maximum:g}")
-        if self.choices is not None and value not in self.choices:
-            allowed = ", ".join(str(c) for c in self.choices)
-            raise _invalid(f"parameter '{name}' must be one of: {allowed}")
-        return value
-
-    def _coerce(self, name: str, raw: Any, from_text: bool) -> Any:
-        want = self.type
-        wrong = _invalid(f"parameter '{name}' must be {_TYPE_NAMES[want]}")
-        if from_text:
-            if not isinstance(raw, str):
-                raise wrong
-            if want is str:
-                return raw
-            text = raw.strip().lower()
-            if want is bool:
-                if text in _TRUE:
-                    return True
-                if text in _FALSE:
-                    return False
-                raise wrong
-            try:
-                number = int(text) if want is int else float(text)
-            except ValueError:
-                raise wrong from None
-            if isinstance(number, float) and not math.isfinite(number):
-                raise wrong
-            return number
-        if want is float and isinstance(raw, int) and not isinstance(raw, bool):
-            return float(raw)
-        if want is int and isinstance(raw, bool):
-            raise wrong
-        if not isinstance(raw, want):
-            raise wrong
-        return raw
-
-
-def _invalid(message: str) -> HTTPError:
-    return HTTPError(400, "invalid_parameter", message)
-
-
-class RateLimiter:
-    """The rate-limit hook's shape: `acquire(key)` gives None (go) or seconds to wait.
-
-    `acquire` may also be `async` (a shared store such as Redis, say).
-    """
-
-    def acquire(self, key: str) -> MaybeAwaitable[float | None]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class TokenBucket(RateLimiter):
-    """An in-memory token bucket per client key: `burst` requests at once, `rate` per second.
-
-    Per process: with several worker processes each has its own buckets. Keys
-    idle long enough to have refilled are forgotten, so memory stays bounded.
-    """
-
-    def __init__(self, rate: float = 1.0, burst: int = 10, *, max_keys: int = 100_000) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("TokenBucket needs rate > 0 and burst >= 1")
-        self.rate = rate
-        self.burst = burst
-        self.max_keys = max_keys
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.clock: Callable[[], float] = time.monotonic
-
-    def acquire(self, key: str) -> float | None:
-        now = self.clock()
-        with self._lock:
-            tokens, last = self._buckets.pop(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
-                wait = None
-            else:
-                self._buckets[key] = (tokens, now)
-                wait = (1.0 - tokens) / self.rate
-            while len(self._buckets) > self.max_keys:
-                self._buckets.popitem(last=False)
-        return wait
-
-
-class SharedTokenBucket(RateLimiter):
-    """A `TokenBucket`'s `rate` and `burst` held in a shared store, for every process at once.
-
-    The proxy uses it in place of a `TokenBucket` when its store is shared
-    (`RedisStore`): each take is one atomic step in the store.
-    """
-
-    def __init__(self, store: Store, rate: float = 1.0, burst: int = 10) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("TokenBucket needs rate > 0 and burst >= 1")
-        self.store = store
-        self.rate = rate
-        self.burst = burst
-
-    async def acquire(self, key: str) -> float | None:
-        return await self.store.acquire_token(key, rate=self.rate, burst=self.burst)
 
 
 @dataclass
@@ -223,7 +34,7 @@ class Policy:
 
     * `parameters`: the allow-list a browser may set (`{"prompt": Param(str, required=True)}`;
       a bare type stands for an optional `Param(type)`), or a pydantic model class or a
-      dataclass (see `ikproxy.params`).
+      dataclass (see `ikproxy.policy.params`).
     * `fixed_parameters`: sent on every run; a browser cannot see or override them.
     * `task`: the deployment task to run (None: its default).
     * `max_inputs`, `max_upload_bytes`: image uploads per request and the request body limit.
@@ -292,8 +103,6 @@ class Policy:
     presigned_outputs: bool = False
 
     def __post_init__(self) -> None:
-        from .params import ModelParameters, is_model, model_parameters
-
         if is_model(self.parameters):
             self.parameters = model_parameters(self.parameters)  # type: ignore[arg-type]
         if isinstance(self.parameters, ModelParameters):
@@ -303,7 +112,7 @@ class Policy:
             for name, spec in self.parameters.items():
                 if isinstance(spec, Param):
                     params[name] = spec
-                elif spec in _TYPE_NAMES:
+                elif spec in PARAM_TYPES:
                     params[name] = Param(spec)
                 else:
                     raise TypeError(f"parameter {name!r}: expected a Param or str/int/float/bool")
@@ -346,19 +155,19 @@ class Policy:
         Raises `HTTPError(400, "invalid_parameter", ...)` naming the first
         unknown, missing or ill-typed parameter.
         """
-        if not isinstance(self.parameters, Mapping):  # a model (ikproxy.params)
+        if not isinstance(self.parameters, Mapping):  # a model (ikproxy.policy.params)
             return {**self.parameters.validate(raw, from_text=from_text), **self.fixed_parameters}
         allowed: Mapping[str, Param] = self.parameters  # type: ignore[assignment]
         unknown = sorted(set(raw) - set(allowed))
         if unknown:
             names = ", ".join(sorted(allowed)) or "none"
-            raise _invalid(f"unknown parameter '{unknown[0]}' (allowed: {names})")
+            raise invalid_parameter(f"unknown parameter '{unknown[0]}' (allowed: {names})")
         values: dict[str, Any] = {}
         for name, spec in allowed.items():
             if name in raw:
                 values[name] = spec.convert(name, raw[name], from_text=from_text)
             elif spec.required:
-                raise _invalid(f"missing required parameter '{name}'")
+                raise invalid_parameter(f"missing required parameter '{name}'")
             elif spec.default is not None:
                 values[name] = spec.default
         values.update(self.fixed_parameters)

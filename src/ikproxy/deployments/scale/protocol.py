@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
-from ..errors import InvalidInput, InvalidParameter, UpstreamError, WorkflowFailed
-from ..io import BaseIO, io_from_json
-from ..model import Eta, State, parse_eta
+from ikproxy.errors import InvalidInput, InvalidParameter, UpstreamError, WorkflowFailed
+from ikproxy.io import BaseIO, io_from_json
+from ikproxy.model import Eta, State, parse_eta
 
 __all__ = [
     "MAX_POLLS",

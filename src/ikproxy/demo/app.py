@@ -29,9 +29,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from .asgi import create_app
-from .deployments import Deployment
-from .policy import Param, TokenBucket
+from ikproxy.asgi import create_app
+from ikproxy.deployments import Deployment
+from ikproxy.policy.limits import TokenBucket
+from ikproxy.policy.params import Param
 
 __all__ = ["MAX_PROMPT_LENGTH", "Tool", "app_from_env", "create_demo_app", "deployment_from_env"]
 
@@ -144,7 +145,7 @@ def create_demo_app(deployment: Deployment | None = None) -> Starlette:
     the app shuts down.
     """
     if deployment is None:
-        from .demo import deployment as demo_deployment
+        from ikproxy.demo.tasks import deployment as demo_deployment
 
         deployment = demo_deployment
         routes, tools = _local_routes(deployment)
@@ -198,7 +199,7 @@ def deployment_from_env(endpoint: str | None = None) -> Deployment | None:
     endpoint = endpoint or os.environ.get("IKOMIA_ENDPOINT") or None
     if endpoint is None:
         return None
-    from .deployments.scale import Client
+    from ikproxy.deployments.scale.client import Client
 
     return Client(endpoint)
 

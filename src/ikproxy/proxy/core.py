@@ -27,43 +27,37 @@ from importlib import resources
 from typing import Any, Final, Generic, TypeVar, cast
 from urllib.parse import parse_qsl
 
-from .__about__ import __version__
-from .caps import ActiveRuns
-from .deployments import Deployment, SupportsAttach
-from .errors import RunNotFound
-from .model import Progress
-from .outputs import Opener, OutputStore, by_reference, serve, storage_opener
-from .ownership import Attach
-from .parsing import (
+from ikproxy.__about__ import __version__
+from ikproxy.concurrency import aclose, blocking_portal, iterate_in_portal
+from ikproxy.deployments import Deployment, SupportsAttach
+from ikproxy.deployments.scale.storage import Storage
+from ikproxy.errors import HTTPError, RunNotFound, error_code
+from ikproxy.model import Progress
+from ikproxy.policy.config import Policy
+from ikproxy.policy.limits import RateLimiter, SharedTokenBucket, TokenBucket
+from ikproxy.protocol import (
+    ERROR_MESSAGES,
+    HTTP_STATUS,
+    PROTOCOL_VERSION,
+    error_body,
+    new_request_id,
+    parse_position,
+)
+from ikproxy.proxy.outputs import Opener, OutputStore, by_reference, serve, storage_opener
+from ikproxy.proxy.parsing import (
     ProxyRequest,
     RunSpec,
     negotiate_format,
     read_run_request,
     read_run_request_sync,
 )
-from .policy import HTTPError, Policy, RateLimiter, SharedTokenBucket, TokenBucket
-from .protocol import (
-    ERROR_MESSAGES,
-    HTTP_STATUS,
-    PROTOCOL_VERSION,
-    error_body,
-)
-from .runs import Followable, RunRegistry, parse_position
-from .sealed import SEALED_PREFIX, ExpiredReference, InvalidReference, Sealer
-from .server import (
-    RunStream,
-    StreamFormat,
-    aclose,
-    blocking_portal,
-    error_code,
-    iterate_in_portal,
-    new_request_id,
-    stream_headers,
-    to_readable_stream,
-)
-from .storage import Storage
-from .stores import MemoryStore, Store, StoreUnavailable
-from .uploads import UploadDir, resolve_inputs
+from ikproxy.proxy.stream import RunStream, StreamFormat, stream_headers, to_readable_stream
+from ikproxy.proxy.uploads import UploadDir, resolve_inputs
+from ikproxy.runs.caps import ActiveRuns
+from ikproxy.runs.ownership import Attach
+from ikproxy.runs.registry import Followable, RunRegistry
+from ikproxy.runs.sealed import SEALED_PREFIX, ExpiredReference, InvalidReference, Sealer
+from ikproxy.stores import MemoryStore, Store, StoreUnavailable
 
 __all__ = [
     "METHODS",

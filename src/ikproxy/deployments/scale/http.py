@@ -14,8 +14,8 @@ from typing import Any
 import anyio
 import httpx
 
-from ..__about__ import __version__
-from ..errors import (
+from ikproxy.__about__ import __version__
+from ikproxy.errors import (
     AuthenticationFailed,
     UpstreamConnectionError,
     UpstreamError,

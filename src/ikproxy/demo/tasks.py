@@ -28,10 +28,10 @@ from collections.abc import Callable, Generator
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
 
-from .deployments import Deployment
-from .deployments.local import LocalDeployment, Update
-from .errors import InvalidParameter
-from .io import BaseIO, ImageIO
+from ikproxy.deployments import Deployment
+from ikproxy.deployments.local import LocalDeployment, Update
+from ikproxy.errors import InvalidParameter
+from ikproxy.io import BaseIO, ImageIO
 
 __all__ = [
     "MAX_IMAGE_SIDE",
@@ -504,7 +504,7 @@ def from_env() -> Deployment:
     """
     endpoint = os.environ.get("IKOMIA_ENDPOINT")
     if endpoint:
-        from .deployments.scale import Client
+        from ikproxy.deployments.scale.client import Client
 
         return Client(endpoint)
     return deployment

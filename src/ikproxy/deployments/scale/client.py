@@ -37,21 +37,10 @@ import anyio
 import httpx
 from anyio.from_thread import BlockingPortal
 
-from .._portal import PortalThread, iterate
-from ..errors import (
-    RunNotFound,
-    RunTimeout,
-    UpstreamConnectionError,
-    UpstreamError,
-    UpstreamHTTPError,
-    UpstreamTimeout,
-)
-from ..io import InputLike
-from ..model import Progress, Results
-from ..storage import DEFAULT_SCALEFS_URL, Storage, SyncStorage
-from ._scale_http import USER_AGENT, ScaleHTTP
-from ._scale_inputs import InputOptions, StreamedUpload, prepare_inputs
-from ._scale_protocol import (
+from ikproxy.concurrency import PortalThread, iterate
+from ikproxy.deployments.scale.http import USER_AGENT, ScaleHTTP
+from ikproxy.deployments.scale.inputs import InputOptions, StreamedUpload, prepare_inputs
+from ikproxy.deployments.scale.protocol import (
     MAX_POLLS,
     Answer,
     OutputSpec,
@@ -62,6 +51,17 @@ from ._scale_protocol import (
     run_body,
     scale_poll_schedule,
 )
+from ikproxy.deployments.scale.storage import DEFAULT_SCALEFS_URL, Storage, SyncStorage
+from ikproxy.errors import (
+    RunNotFound,
+    RunTimeout,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamTimeout,
+)
+from ikproxy.io import InputLike
+from ikproxy.model import Progress, Results
 
 __all__ = [
     "DEFAULT_API_URL",
