@@ -1,19 +1,23 @@
-"""The exceptions ikproxy raises, in one hierarchy.
+"""The exceptions ikproxy raises, in one hierarchy, each with its HTTP status and wire code.
 
-Every message here is safe to show: none carries a token, a JWT, an endpoint
-URL or a traceback. Full detail goes to the server log, never to the browser.
+Every error derives from `IkproxyError`. Its class says how the proxy answers it:
+`status` (the HTTP status of a refusal before the stream), `code` (the wire
+error code, docs/protocol.md) and `public_message` (the safe text sent with it).
+A `HTTPError` is a refusal written for the client: its own message is safe to
+send. Any other error's text may hold detail (an upstream's answer, a path):
+it goes to the server log, and the client gets the class's `public_message`.
+None carries a token, a JWT, an endpoint URL or a traceback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal
-
-from ikproxy.protocol import ERROR_MESSAGES
+from collections.abc import Iterator, Mapping
+from typing import ClassVar, Literal
 
 __all__ = [
     "AccessDenied",
     "AuthenticationFailed",
+    "BadRequest",
     "FetchError",
     "FetchHTTPError",
     "FetchNotFound",
@@ -28,50 +32,73 @@ __all__ = [
     "IncompleteStream",
     "InvalidInput",
     "InvalidParameter",
+    "MethodNotAllowed",
+    "NotFound",
+    "PayloadTooLarge",
+    "RateLimited",
+    "ResumeExpired",
+    "RunLost",
     "RunNotFound",
     "RunTimeout",
     "StorageError",
     "StorageObjectExists",
     "StorageObjectNotFound",
+    "StoreUnavailable",
     "StreamError",
+    "TooManyRuns",
+    "UnsupportedMediaType",
     "UpstreamConnectionError",
     "UpstreamError",
     "UpstreamHTTPError",
     "UpstreamTimeout",
     "WorkflowFailed",
+    "error_class",
     "error_code",
+    "public_error",
 ]
 
 
 class IkproxyError(Exception):
-    """Base class of every ikproxy error."""
+    """Base class of every ikproxy error: 500 `internal` unless a subclass says otherwise."""
 
+    #: The HTTP status when this error refuses a request before its stream starts.
+    status: ClassVar[int] = 500
     #: The wire error code the proxy sends for this error (see docs/protocol.md).
     code: str = "internal"
+    #: The text sent to the client with `code`; the exception's own text goes to the log.
+    public_message: ClassVar[str] = "An internal error occurred."
 
 
 class InvalidParameter(IkproxyError, ValueError):
     """A run request names a parameter, task or input the deployment does not have."""
 
     code = "invalid_parameter"
+    status = 400
+    public_message = "The deployment refused the request's parameters."
 
 
 class InvalidInput(InvalidParameter):
     """A run input cannot be sent: unreadable, or of a type the workflow input does not take."""
 
     code = "invalid_input"
+    status = 400
+    public_message = "The deployment refused the request's inputs."
 
 
 class RunTimeout(IkproxyError, TimeoutError):
     """A run did not finish within its overall deadline."""
 
     code = "timeout"
+    status = 504
+    public_message = "The run did not finish in time."
 
 
 class UpstreamError(IkproxyError):
     """The deployment could not be reached or answered with an error."""
 
     code = "upstream_failed"
+    status = 502
+    public_message = "The deployment could not be reached or answered with an error."
 
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
@@ -99,16 +126,28 @@ class AuthenticationFailed(UpstreamError):
     """The deployment refused our credentials (HTTP 401 or 403)."""
 
     code = "unauthorized"
+    status = 502
+    public_message = "The deployment refused the server's credentials."
 
 
 class WorkflowFailed(UpstreamError):
     """The workflow itself failed (HTTP 520); the message is the server's."""
 
     code = "workflow_failed"
+    status = 502
+    public_message = "The workflow failed while processing this request."
 
 
 class StreamError(IkproxyError):
-    """A stream ended with an `error` event: its code, safe message and request id."""
+    """A stream ended with an `error` event: its code, safe message and request id.
+
+    Raised by the consumers (`ikproxy.browser`). Should a run re-raise one, the
+    proxy answers it as the upstream's failure (502 `upstream_failed`).
+    """
+
+    code = "upstream_failed"
+    status = 502
+    public_message = UpstreamError.public_message
 
     def __init__(
         self,
@@ -130,6 +169,8 @@ class IncompleteStream(IkproxyError):
     """A stream ended without a terminal `result` or `error` event."""
 
     code = "incomplete_stream"
+    status = 502
+    public_message = "The stream ended before its terminal event."
 
 
 class FetchError(IkproxyError):
@@ -140,6 +181,8 @@ class FetchError(IkproxyError):
     """
 
     code = "invalid_input"
+    status = 400
+    public_message = "An input URL could not be fetched."
     #: One of `not_found`, `too_large`, `timeout`, `refused_address`,
     #: `origin_not_allowed`, `unsupported_scheme`, `too_many_redirects`, `http_error`.
     reason: str = "error"
@@ -161,6 +204,8 @@ class FetchTooLarge(FetchError):
     """The body is larger than the size limit (declared or read)."""
 
     code = "payload_too_large"
+    status = 413
+    public_message = "An input is larger than allowed."
     reason = "too_large"
 
 
@@ -168,6 +213,8 @@ class FetchTimeout(FetchError, TimeoutError):
     """The fetch (all hops together) took longer than its timeout."""
 
     code = "timeout"
+    status = 504
+    public_message = "An input URL took too long to fetch."
     reason = "timeout"
 
 
@@ -219,8 +266,32 @@ class StorageObjectNotFound(StorageError):
     """No storage object matches (HTTP 404)."""
 
 
-class HTTPError(Exception):
-    """A request refused before the stream starts: a status, a code and a safe message."""
+class RunLost(IkproxyError):
+    """The instance running a shared run died or lost it; its followers cannot finish it."""
+
+    status = 502
+    code = "run_lost"
+    public_message = "The run was lost with the server that was running it."
+
+
+class StoreUnavailable(IkproxyError):
+    """The store could not be reached in time; the proxy answers 503 `store_unavailable`."""
+
+    status = 503
+    code = "store_unavailable"
+    public_message = "The shared store could not be reached; try again shortly."
+
+
+# -- refusals written for the client ------------------------------------------------
+
+
+class HTTPError(IkproxyError):
+    """A request refused before the stream starts: a status, a code and a message safe to send.
+
+    Raise a subclass where one fits (`BadRequest`, `PayloadTooLarge`...). A code
+    that a class owns must come with that class's status: `HTTPError(500,
+    "bad_request", ...)` raises `ValueError`, so a status cannot drift from its code.
+    """
 
     def __init__(
         self,
@@ -230,11 +301,57 @@ class HTTPError(Exception):
         *,
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        owner = error_class(code)
+        if owner is not IkproxyError and owner.status != status and not _any_status(owner):
+            raise ValueError(f"error code {code!r} goes with status {owner.status}, not {status}")
         super().__init__(message)
-        self.status = status
+        self.status = status  # type: ignore[misc]
         self.code = code
         self.message = message
+        self.public_message = message  # type: ignore[misc]
         self.headers = dict(headers or {})
+
+
+class _Refusal(HTTPError):
+    """A refusal whose class fixes its status and code: only the message and headers vary."""
+
+    def __init__(
+        self, message: str | None = None, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        cls = type(self)
+        super().__init__(cls.status, cls.code, message or cls.public_message, headers=headers)
+
+
+class BadRequest(_Refusal):
+    """The request is malformed: a body that does not parse, a field given twice."""
+
+    status = 400
+    code = "bad_request"
+    public_message = "The request is malformed."
+
+
+class InputURLNotAllowed(_Refusal):
+    """Input URLs are not accepted, or lead (or redirect) outside the allowed origins."""
+
+    status = 400
+    code = "input_url_not_allowed"
+    public_message = "This input URL is not allowed."
+
+
+class InputURLRefused(_Refusal):
+    """An input URL leads to a private, loopback or otherwise non-public address."""
+
+    status = 400
+    code = "input_url_refused"
+    public_message = "This input URL leads to an address that is not public."
+
+
+class InputURLFailed(_Refusal):
+    """An input URL could not be fetched: not found, an HTTP error, a timeout."""
+
+    status = 400
+    code = "input_url_failed"
+    public_message = "This input URL could not be fetched."
 
 
 class AccessDenied(HTTPError):
@@ -248,10 +365,105 @@ class AccessDenied(HTTPError):
         super().__init__(status, code, message or default)
 
 
+class NotFound(_Refusal):
+    """No such endpoint, or no such output."""
+
+    status = 404
+    code = "not_found"
+    public_message = "Not found."
+
+
+class MethodNotAllowed(_Refusal):
+    """The endpoint exists but not for this method (the `Allow` header lists those it takes)."""
+
+    status = 405
+    code = "method_not_allowed"
+    public_message = "Method not allowed."
+
+
+class ResumeExpired(_Refusal):
+    """The run to resume is unknown, or was forgotten."""
+
+    status = 410
+    code = "resume_expired"
+    public_message = "The run to resume has expired."
+
+
+class PayloadTooLarge(_Refusal):
+    """The body, an upload or an image (in pixels) is larger than the policy allows."""
+
+    status = 413
+    code = "payload_too_large"
+    public_message = "The request is larger than allowed."
+
+
+class UnsupportedMediaType(_Refusal):
+    """A body type the endpoint does not take, or an upload that is not a complete image."""
+
+    status = 415
+    code = "unsupported_media_type"
+    public_message = "Unsupported media type."
+
+
+class RateLimited(_Refusal):
+    """The caller's rate limit is spent; `Retry-After` says when to try again."""
+
+    status = 429
+    code = "rate_limited"
+    public_message = "Too many requests; retry later."
+
+
+class TooManyRuns(_Refusal):
+    """All of the caller's `max_active_runs` runs are going; retry when one ends."""
+
+    status = 429
+    code = "too_many_runs"
+    public_message = "Too many runs at once for this client; retry when one ends."
+
+
+# -- from an exception to its answer -----------------------------------------------
+
+#: Classes whose status is set per instance (the code alone does not fix it).
+_PER_INSTANCE = ("unauthenticated", "forbidden")
+
+
+def _any_status(cls: type[IkproxyError]) -> bool:
+    return cls.code in _PER_INSTANCE
+
+
+def _subclasses(cls: type[IkproxyError]) -> Iterator[type[IkproxyError]]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def error_class(code: str) -> type[IkproxyError]:
+    """The class that owns wire `code` (the first defined); `IkproxyError` for an unknown one."""
+    for cls in _subclasses(IkproxyError):
+        if vars(cls).get("code") == code:
+            return cls
+    return IkproxyError
+
+
+def public_error(exc: BaseException) -> tuple[int, str, str]:
+    """How the client is told of `exc`: (HTTP status, wire code, safe message).
+
+    A `HTTPError`'s own; otherwise its class's, or those of the class that owns
+    its code (a code replayed from a run's log); a `TimeoutError` is a timeout;
+    anything else is 500 `internal`.
+    """
+    if isinstance(exc, HTTPError):
+        return exc.status, exc.code, exc.message
+    cls: type[IkproxyError] = IkproxyError
+    if isinstance(exc, StreamError):
+        cls = UpstreamError
+    elif isinstance(exc, IkproxyError):
+        cls = type(exc) if type(exc).code == exc.code else error_class(exc.code)
+    elif isinstance(exc, TimeoutError):
+        cls = RunTimeout
+    return cls.status, cls.code, cls.public_message
+
+
 def error_code(exc: BaseException) -> str:
     """The wire error code for an exception raised by a run."""
-    if isinstance(exc, IkproxyError) and exc.code in ERROR_MESSAGES:
-        return exc.code
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    return "internal"
+    return public_error(exc)[1]

@@ -14,8 +14,6 @@ from typing import Any, Final
 
 __all__ = [
     "ERROR",
-    "ERROR_MESSAGES",
-    "HTTP_STATUS",
     "KEEPALIVE",
     "NDJSON_MEDIA_TYPE",
     "PROGRESS",
@@ -38,32 +36,6 @@ SSE_MEDIA_TYPE: Final = "text/event-stream"
 NDJSON_MEDIA_TYPE: Final = "application/x-ndjson"
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
-
-#: The safe message sent with each error code. The detail goes to the server log.
-ERROR_MESSAGES: Final[dict[str, str]] = {
-    "upstream_failed": "The deployment could not be reached or answered with an error.",
-    "workflow_failed": "The workflow failed while processing this request.",
-    "timeout": "The run did not finish in time.",
-    "unauthorized": "The deployment refused the server's credentials.",
-    "internal": "An internal error occurred.",
-    "invalid_parameter": "The deployment refused the request's parameters.",
-    "store_unavailable": "The shared store could not be reached; try again shortly.",
-    "too_many_runs": "Too many runs at once for this client; retry when one ends.",
-    "run_lost": "The run was lost with the server that was running it.",
-}
-
-#: The HTTP status for an error that happens before the stream starts.
-HTTP_STATUS: Final[dict[str, int]] = {
-    "upstream_failed": 502,
-    "workflow_failed": 502,
-    "timeout": 504,
-    "unauthorized": 502,
-    "internal": 500,
-    "invalid_parameter": 400,
-    "store_unavailable": 503,
-    "too_many_runs": 429,
-    "run_lost": 502,
-}
 
 
 def error_body(code: str, message: str, request_id: str | None = None) -> dict[str, Any]:

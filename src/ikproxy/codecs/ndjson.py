@@ -74,6 +74,10 @@ class NDJSONError(IkproxyError, ValueError):
     nothing that arrived intact is lost (it is empty when a dead decoder raises again).
     """
 
+    code = "invalid_stream"
+    status = 502
+    public_message = "The stream is not valid NDJSON."
+
     def __init__(self, reason: str, line: int, values: list[Any] | None = None) -> None:
         super().__init__(f"line {line}: {reason}")
         self.reason = reason

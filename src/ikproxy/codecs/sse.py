@@ -114,6 +114,10 @@ class SSEError(IkproxyError, ValueError):
     nothing that arrived intact is lost.
     """
 
+    code = "invalid_stream"
+    status = 502
+    public_message = "The stream is not valid SSE."
+
     def __init__(self, message: str, events: list[ServerSentEvent] | None = None) -> None:
         super().__init__(message)
         self.message = message

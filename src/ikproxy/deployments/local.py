@@ -150,6 +150,8 @@ class TaskFailed(IkproxyError):
     """
 
     code = "workflow_failed"
+    status = 502
+    public_message = "The workflow failed while processing this request."
 
     def __init__(self, task: str, error_type: str) -> None:
         super().__init__(f"task {_quote(task)} failed: {error_type}")

@@ -31,13 +31,11 @@ from ikproxy.__about__ import __version__
 from ikproxy.concurrency import aclose, blocking_portal, iterate_in_portal
 from ikproxy.deployments import Deployment, SupportsAttach
 from ikproxy.deployments.scale.storage import Storage
-from ikproxy.errors import HTTPError, RunNotFound, error_code
+from ikproxy.errors import HTTPError, RunNotFound, public_error
 from ikproxy.model import Progress
 from ikproxy.policy.config import Policy
 from ikproxy.policy.limits import RateLimiter, SharedTokenBucket, TokenBucket
 from ikproxy.protocol import (
-    ERROR_MESSAGES,
-    HTTP_STATUS,
     PROTOCOL_VERSION,
     error_body,
     new_request_id,
@@ -598,9 +596,9 @@ async def _first(stream: AsyncIterator[Progress], request_id: str) -> Progress |
         if isinstance(exc, RunNotFound):
             logger.info("resume refused [request_id=%s]: %s", request_id, exc)
             raise _gone() from None
-        code = error_code(exc)
+        status, code, message = public_error(exc)
         logger.error("run refused [request_id=%s code=%s]", request_id, code, exc_info=exc)
-        raise HTTPError(HTTP_STATUS[code], code, ERROR_MESSAGES[code]) from None
+        raise HTTPError(status, code, message) from None
 
 
 def _limiter_for(limiter: RateLimiter | None, store: Store) -> RateLimiter | None:
@@ -612,8 +610,8 @@ def _limiter_for(limiter: RateLimiter | None, store: Store) -> RateLimiter | Non
 
 def _store_unavailable(exc: StoreUnavailable) -> HTTPError:
     logger.error("store unavailable: %s", exc)
-    code = "store_unavailable"
-    return HTTPError(HTTP_STATUS[code], code, ERROR_MESSAGES[code], headers={"Retry-After": "1"})
+    status, code, message = public_error(exc)
+    return HTTPError(status, code, message, headers={"Retry-After": "1"})
 
 
 def _check_wait(wait: float | None) -> None:

@@ -34,7 +34,7 @@ import anyio
 import anyio.to_thread
 
 from ikproxy.deployments.scale.storage import Storage, StorageObject
-from ikproxy.errors import HTTPError
+from ikproxy.errors import HTTPError, IkproxyError
 from ikproxy.io import BaseIO, FileIO, ImageIO, RefIO, StorageObjectIO
 from ikproxy.model import Results
 
@@ -160,8 +160,12 @@ class Presigned:
     size: int
 
 
-class OutputExpired(LookupError):
+class OutputExpired(IkproxyError, LookupError):
     """The outputs of this token existed, and their window is over."""
+
+    code = "output_expired"
+    status = 410
+    public_message = "This output has expired."
 
 
 @dataclass
@@ -281,8 +285,12 @@ async def own_copy(store: OutputStore, source: str | os.PathLike[str]) -> Path:
     return target
 
 
-class RangeNotSatisfiable(ValueError):
+class RangeNotSatisfiable(IkproxyError, ValueError):
     """A `Range` header that selects nothing of the output (answered with 416)."""
+
+    code = "range_not_satisfiable"
+    status = 416
+    public_message = "The range is outside the output."
 
 
 _RANGE = re.compile(r"bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")

@@ -24,11 +24,10 @@ import anyio
 from ikproxy.codecs.ndjson import encode_line
 from ikproxy.codecs.sse import encode_comment, encode_retry
 from ikproxy.concurrency import aclose, deadline
-from ikproxy.errors import UpstreamError, WorkflowFailed, error_code
+from ikproxy.errors import UpstreamError, WorkflowFailed, public_error
 from ikproxy.model import Progress, State, StreamItem
 from ikproxy.protocol import (
     ERROR,
-    ERROR_MESSAGES,
     NDJSON_MEDIA_TYPE,
     PROGRESS,
     PROTOCOL_VERSION,
@@ -183,10 +182,10 @@ class RunStream:
         return self._encoder.event(kind, obj), kind == RESULT
 
     def _encode_error(self, exc: BaseException) -> bytes:
-        code = error_code(exc)
+        _, code, message = public_error(exc)
         if not getattr(exc, "logged", False):
             logger.error("run failed [request_id=%s code=%s]", self.request_id, code, exc_info=exc)
-        body = {"code": code, "message": ERROR_MESSAGES[code], "request_id": self.request_id}
+        body = {"code": code, "message": message, "request_id": self.request_id}
         return self._encoder.event(ERROR, body)
 
     # -- the iterator path ----------------------------------------------------------

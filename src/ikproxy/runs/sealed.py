@@ -29,6 +29,8 @@ import time
 import uuid as uuid_module
 from typing import Final
 
+from ikproxy.errors import IkproxyError
+
 __all__ = ["MIN_SECRET_BYTES", "SEALED_PREFIX", "ExpiredReference", "InvalidReference", "Sealer"]
 
 #: The shortest secret accepted, in bytes (the AES-256 key size).
@@ -47,13 +49,22 @@ _INFO: Final = b"ikproxy sealed run reference v1"
 _AAD: Final = b"ikproxy run\x00"
 
 
-class InvalidReference(ValueError):
+class InvalidReference(IkproxyError, ValueError):
     """A sealed reference that does not open: malformed, altered, or sealed for another caller
-    or under another secret (these cannot be told apart, by design)."""
+    or under another secret (these cannot be told apart, by design). Answered 410, as an
+    expired one: a client cannot tell a forged reference from a forgotten run."""
+
+    code = "resume_expired"
+    status = 410
+    public_message = "The run to resume has expired."
 
 
-class ExpiredReference(ValueError):
+class ExpiredReference(IkproxyError, ValueError):
     """A genuine sealed reference whose expiry has passed."""
+
+    code = "resume_expired"
+    status = 410
+    public_message = "The run to resume has expired."
 
 
 class Sealer:

@@ -13,15 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from ikproxy.errors import IkproxyError
+from ikproxy.errors import StoreUnavailable
 
 __all__ = ["Append", "RunInfo", "Store", "StoreUnavailable"]
-
-
-class StoreUnavailable(IkproxyError):
-    """The store could not be reached in time; the proxy answers 503 `store_unavailable`."""
-
-    code = "store_unavailable"
 
 
 @dataclass(frozen=True)
