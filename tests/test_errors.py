@@ -72,7 +72,8 @@ def test_every_error_class_answers_the_documented_status(cls: type[IkproxyError]
         return  # status and code set per instance (checked below)
     assert cls.code in DOCUMENTED, f"{cls.__qualname__}: code {cls.code!r} is not in the docs table"
     assert cls.status == DOCUMENTED[cls.code], f"{cls.__qualname__}: {cls.status} for {cls.code}"
-    assert cls.public_message and cls.public_message[0].isupper()
+    assert cls.public_message
+    assert cls.public_message[0].isupper()
 
 
 def test_every_documented_code_has_a_class() -> None:
