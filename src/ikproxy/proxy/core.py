@@ -42,14 +42,9 @@ from ikproxy.protocol import (
     parse_position,
 )
 from ikproxy.proxy.outputs import Opener, OutputStore, by_reference, serve, storage_opener
-from ikproxy.proxy.parsing import (
-    ProxyRequest,
-    RunSpec,
-    negotiate_format,
-    read_run_request,
-    read_run_request_sync,
-)
-from ikproxy.proxy.stream import RunStream, StreamFormat, stream_headers, to_readable_stream
+from ikproxy.proxy.parsing import negotiate_format, read_run_request, read_run_request_sync
+from ikproxy.proxy.request import ProxyRequest, RunSpec
+from ikproxy.proxy.stream import RunStream, StreamFormat, StreamOptions, stream_headers
 from ikproxy.proxy.uploads import UploadDir, resolve_inputs
 from ikproxy.runs.caps import ActiveRuns
 from ikproxy.runs.ownership import Attach
@@ -76,6 +71,14 @@ _ASSETS = {
     "/ikproxy.d.ts": ("ikproxy.d.ts", "application/typescript; charset=utf-8"),
 }
 _JSON = "application/json"
+
+#: The methods each endpoint allows (`/outputs/`: every path under it); others get a 405.
+_ALLOWED: Final[Mapping[str, tuple[str, ...]]] = {
+    "/run": ("GET", "POST"),
+    "/health": ("GET", "HEAD"),
+    "/outputs/": ("GET", "HEAD"),
+    **dict.fromkeys(_ASSETS, ("GET", "HEAD")),
+}
 
 
 #: The methods a surface routes to the core, so that every one gets the same 405.
@@ -248,50 +251,30 @@ class Proxy:
         """The answer for every path but `/run` (None): assets, health, 404 and 405."""
         path = "/" + request.path.strip("/")
         method = request.method.upper()
+        output = path.startswith("/outputs/")
+        allowed = _ALLOWED.get("/outputs/" if output else path)
+        if allowed is None:
+            raise HTTPError(404, "not_found", f"no such endpoint: {path}")
+        if method not in allowed:
+            raise HTTPError(
+                405,
+                "method_not_allowed",
+                f"method {method} not allowed on {'an output' if output else path}",
+                headers={"Allow": ", ".join(allowed)},
+            )
         if path == "/run":
-            if method not in ("GET", "POST"):
-                raise HTTPError(
-                    405,
-                    "method_not_allowed",
-                    f"method {method} not allowed on /run",
-                    headers={"Allow": "GET, POST"},
-                )
             return None
         if path == "/health":
-            if method not in ("GET", "HEAD"):
-                raise HTTPError(
-                    405,
-                    "method_not_allowed",
-                    f"method {method} not allowed on /health",
-                    headers={"Allow": "GET, HEAD"},
-                )
             return _json_response(
                 200, {"status": "ok", "protocol": PROTOCOL_VERSION, "version": __version__}
             )
-        if path.startswith("/outputs/"):
-            if method not in ("GET", "HEAD"):
-                raise HTTPError(
-                    405,
-                    "method_not_allowed",
-                    f"method {method} not allowed on an output",
-                    headers={"Allow": "GET, HEAD"},
-                )
+        if output:
             status, headers, content = serve(self.outputs, path, method, request.header("range"))
             return ProxyResponse(status, headers, content)
-        if path in _ASSETS:
-            if method not in ("GET", "HEAD"):
-                raise HTTPError(
-                    405,
-                    "method_not_allowed",
-                    f"method {method} not allowed on {path}",
-                    headers={"Allow": "GET, HEAD"},
-                )
-            name, media_type = _ASSETS[path]
-            data = _asset(name)
-            return ProxyResponse(
-                200, {"Content-Type": media_type, "Cache-Control": "no-cache"}, data
-            )
-        raise HTTPError(404, "not_found", f"no such endpoint: {path}")
+        name, media_type = _ASSETS[path]
+        return ProxyResponse(
+            200, {"Content-Type": media_type, "Cache-Control": "no-cache"}, _asset(name)
+        )
 
     # -- access -------------------------------------------------------------------
 
@@ -392,11 +375,10 @@ class Proxy:
                     await log.delete()
             raise
         headers = stream_headers(spec.format, spec.request_id)
+        options = StreamOptions.from_policy(policy, spec.format, spec.request_id)
         if self.sealer is not None and key is not None and first is not None and first.uuid:
             # The upstream keeps the run: its event ids carry a sealed reference to it.
-            body = self._sealed(
-                _prepend(first, stream), first.uuid, str(key), spec.format, spec.request_id, 0
-            )
+            body = self._sealed(_prepend(first, stream), first.uuid, str(key), options, 0)
             return ProxyResponse(200, headers, body)
         if self.runs is not None:
             run = self.runs.start(
@@ -405,18 +387,9 @@ class Proxy:
                 timeout=policy.timeout,
                 log=log,
             )
-            body = self._follow(run, spec.format, spec.request_id, after=0)
+            body = self._follow(run, options, after=0)
             return ProxyResponse(200, headers, body)
-        body = to_readable_stream(
-            _prepend(first, stream),
-            format=spec.format,
-            keepalive=policy.keepalive,
-            retry_ms=policy.retry_ms,
-            request_id=spec.request_id,
-            timeout=policy.timeout,
-            finish_on_disconnect=policy.finish_on_disconnect,
-        )
-        return ProxyResponse(200, headers, body)
+        return ProxyResponse(200, headers, RunStream(_prepend(first, stream), options))
 
     async def _by_reference(
         self, stream: AsyncIterator[Progress], base: str, uploads: UploadDir | None
@@ -451,18 +424,11 @@ class Proxy:
 
     # -- resumable runs -----------------------------------------------------------
 
-    def _follow(
-        self, run: Followable, format: StreamFormat, request_id: str, after: int
-    ) -> RunStream:
-        return RunStream(
-            run.follow(after),
-            format=format,
-            keepalive=self.policy.keepalive,
-            retry_ms=self.policy.retry_ms,
-            request_id=request_id,
-            first_id=after + 1,
-            id_prefix=f"{run.token}:",
-        )
+    @staticmethod
+    def _follow(run: Followable, options: StreamOptions, after: int) -> RunStream:
+        # The run's producer holds its deadline and outlives its followers.
+        options = dataclasses.replace(options, timeout=None, finish_on_disconnect=False)
+        return RunStream(run.follow(after), options, first_id=after + 1, id_prefix=f"{run.token}:")
 
     def _resume_position(self, request: ProxyRequest) -> tuple[str, int, StreamFormat] | None:
         """(token, events seen, format) of a resume request; None for a new run."""
@@ -483,15 +449,16 @@ class Proxy:
     ) -> ProxyResponse:
         """The stream of a run resumed after its first `seen` events, on any instance."""
         assert self.runs is not None
+        options = StreamOptions.from_policy(self.policy, format, request_id)
         if self.sealer is not None and token.startswith(SEALED_PREFIX):
             if inspect.isawaitable(key):
                 key = await key
             reference = token[len(SEALED_PREFIX) :]
-            return await self._resume_sealed(reference, seen, str(key), format, request_id)
+            return await self._resume_sealed(reference, seen, str(key), options)
         run = await self.runs.find(token)
         if run is None:
             raise _gone()
-        body = self._follow(run, format, request_id, run.resume_point(seen))
+        body = self._follow(run, options, run.resume_point(seen))
         return ProxyResponse(200, stream_headers(format, request_id), body)
 
     # -- sealed references: resuming by attaching to the upstream run --------------
@@ -501,8 +468,7 @@ class Proxy:
         stream: AsyncIterator[Progress],
         uuid: str,
         caller: str,
-        format: StreamFormat,
-        request_id: str,
+        options: StreamOptions,
         after: int,
     ) -> RunStream:
         """A run's stream whose event ids carry a sealed reference to its upstream `uuid`.
@@ -510,9 +476,9 @@ class Proxy:
         Each id is valid `resume_window` seconds from the time its event goes out
         (to the second: events of the same second share one sealed reference).
         """
-        sealer, policy = self.sealer, self.policy
+        sealer = self.sealer
         assert sealer is not None
-        window = policy.resume_window or 0.0
+        window = self.policy.resume_window or 0.0
         sealed: list[Any] = [None, ""]  # (expiry, prefix) of the last seal
 
         def prefix() -> str:
@@ -522,23 +488,14 @@ class Proxy:
             text: str = sealed[1]
             return text
 
-        return RunStream(
-            stream,
-            format=format,
-            keepalive=policy.keepalive,
-            retry_ms=policy.retry_ms,
-            request_id=request_id,
-            timeout=policy.timeout,
-            finish_on_disconnect=policy.finish_on_disconnect,
-            first_id=after + 1,
-            id_prefix=prefix,
-        )
+        return RunStream(stream, options, first_id=after + 1, id_prefix=prefix)
 
     async def _resume_sealed(
-        self, reference: str, seen: int, caller: str, format: StreamFormat, request_id: str
+        self, reference: str, seen: int, caller: str, options: StreamOptions
     ) -> ProxyResponse:
         """Open a sealed reference and attach to its upstream run: the current state, then on."""
-        assert self.sealer is not None
+        assert self.sealer is not None and options.request_id is not None
+        request_id = options.request_id
         try:
             uuid = self.sealer.open(reference, caller)
         except (InvalidReference, ExpiredReference) as exc:
@@ -548,8 +505,8 @@ class Proxy:
         stream = deployment.attach(uuid, task=self.policy.task, timeout=self.policy.timeout)
         stream = self._by_reference(stream, "", None)
         first = await _first(stream, request_id)
-        body = self._sealed(_prepend(first, stream), uuid, caller, format, request_id, seen)
-        return ProxyResponse(200, stream_headers(format, request_id), body)
+        body = self._sealed(_prepend(first, stream), uuid, caller, options, seen)
+        return ProxyResponse(200, stream_headers(options.format, request_id), body)
 
 
 # -- helpers ---------------------------------------------------------------------

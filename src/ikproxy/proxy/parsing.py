@@ -1,12 +1,12 @@
-"""Request parsing for the proxy: a framework's request described, its body read, its run parsed.
+"""Parsing a `/run` request: its parameters, inputs and stream format, validated.
 
-`ProxyRequest` is what every surface hands the core. `read_body` enforces the
-upload limit while reading; `parse_run_request` turns a `/run` request (query
-string, JSON, multipart or urlencoded form) into validated parameters, inputs
-and a stream format, or raises `HTTPError` with the answer to give.
-`read_run_request` does both, streaming a multipart body: its parts are parsed
-as they arrive, and a file that is not an image (a video, say) goes straight
-to a file in the request's `UploadDir`, never whole in memory.
+`parse_run_request` turns a `/run` request (query string, JSON, multipart or
+urlencoded form) into validated parameters, inputs and a stream format, or
+raises `HTTPError` with the answer to give. `read_run_request` also reads the
+body, streaming a multipart one: its parts are parsed as they arrive, and a
+file that is not an image (a video, say) goes straight to a file in the
+request's `UploadDir`, never whole in memory. `ProxyRequest`, `RunSpec` and
+the body readers live in `ikproxy.proxy.request`, and are re-exported here.
 """
 
 from __future__ import annotations
@@ -16,31 +16,30 @@ import base64
 import binascii
 import contextlib
 import json
-import logging
 from collections.abc import AsyncIterable, Iterable
-from dataclasses import dataclass, field
-from typing import IO, Any, Union, cast
+from typing import IO, Any, cast
 from urllib.parse import unquote_to_bytes
 
 import anyio.to_thread
 
 from ikproxy.deployments import StreamingUpload
 from ikproxy.errors import HTTPError
-from ikproxy.io import SNIFF_BYTES, BaseIO, FileIO, sniff_content_type
+from ikproxy.io import BaseIO
 from ikproxy.policy.config import Policy
 from ikproxy.protocol import NDJSON_MEDIA_TYPE, SSE_MEDIA_TYPE
 from ikproxy.proxy.images import verify_image
-from ikproxy.proxy.stream import StreamFormat
-from ikproxy.proxy.uploads import (
-    InputURL,
-    UploadDir,
-    accepts,
-    check_input_url,
-    file_suffix,
-    not_accepted,
+from ikproxy.proxy.multipart import FLUSH_BYTES, Job, MultipartReader
+from ikproxy.proxy.request import (
+    BodyLimit,
+    Pending,
+    ProxyRequest,
+    RunSpec,
+    read_body,
+    read_body_sync,
+    too_many_inputs,
 )
-
-logger = logging.getLogger("ikproxy")
+from ikproxy.proxy.stream import StreamFormat
+from ikproxy.proxy.uploads import UploadDir, check_input_url
 
 __all__ = [
     "ProxyRequest",
@@ -53,151 +52,8 @@ __all__ = [
     "read_run_request_sync",
 ]
 
-#: An input as parsed: image bytes (verified last), a file written to disk, or a URL.
-_Pending = Union[bytes, FileIO, InputURL]
-
 #: The name of the form field (or query parameter) that gives an input as a URL.
 INPUT_URL_FIELD = "image_url"
-
-
-@dataclass
-class ProxyRequest:
-    """A framework's request, described for the proxy.
-
-    `path` is relative to where the proxy is mounted (`/run`, `/health`, ...);
-    `headers` is any mapping (or iterable of pairs), kept with lowercase names;
-    `query_string` may be bytes (decoded as Latin-1, as HTTP does); `native` is
-    the framework's own request object, handed to the `authorize` and
-    `rate_limit_key` hooks.
-    """
-
-    method: str
-    path: str
-    query_string: str | bytes = ""
-    headers: Any = field(default_factory=dict)
-    client: str | None = None
-    native: Any = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.query_string, bytes):
-            self.query_string = self.query_string.decode("latin-1")
-        pairs = self.headers.items() if hasattr(self.headers, "items") else self.headers
-        self.headers = {str(key).lower(): str(value) for key, value in pairs}
-        if not self.path.startswith("/"):
-            self.path = "/" + self.path
-
-    def header(self, name: str) -> str | None:
-        value: str | None = self.headers.get(name.lower())
-        return value
-
-
-@dataclass
-class RunSpec:
-    """What a `/run` request asks for, validated."""
-
-    parameters: dict[str, Any]
-    inputs: list[BaseIO]
-    format: StreamFormat
-    request_id: str
-
-
-def _declared_length(request: ProxyRequest, limit: int) -> int | None:
-    """The body's declared `Content-Length`, refused (400/413) when invalid or too large."""
-    declared = request.header("content-length")
-    if declared is None:
-        return None
-    if not declared.isdigit():
-        raise HTTPError(400, "bad_request", "invalid Content-Length header")
-    if int(declared) > limit:
-        raise _too_large(limit)
-    return int(declared)
-
-
-async def read_body(
-    request: ProxyRequest,
-    body: AsyncIterable[bytes] | None,
-    limit: int,
-    *,
-    request_id: str | None = None,
-) -> bytes:
-    """The whole body, refused with 413 as soon as it exceeds `limit` bytes.
-
-    A body the server could not deliver whole (the client left mid-upload, or sent
-    malformed chunked framing, or fewer bytes than its `Content-Length`) is the
-    client's doing: one line at INFO on the `ikproxy` logger, and a 400 (or the
-    cancellation that the server delivers, passed on).
-    """
-    if body is None or request.method.upper() == "GET":
-        return b""
-    declared = _declared_length(request, limit)
-    parts: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in body:
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            parts.append(chunk)
-    except HTTPError:
-        raise
-    except asyncio.CancelledError:  # the server cancels the request when its client leaves
-        _log_unreceived("CancelledError", request_id)
-        raise
-    except Exception as exc:  # whatever the server raises for a body it could not read
-        raise _unreceived(type(exc).__name__, request_id) from None
-    return _whole(parts, size, declared, request_id)
-
-
-def read_body_sync(
-    request: ProxyRequest,
-    body: Iterable[bytes] | None,
-    limit: int,
-    *,
-    request_id: str | None = None,
-) -> bytes:
-    """`read_body` for sync (WSGI) bodies."""
-    if body is None or request.method.upper() == "GET":
-        return b""
-    declared = _declared_length(request, limit)
-    parts: list[bytes] = []
-    size = 0
-    try:
-        for chunk in body:
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            parts.append(chunk)
-    except HTTPError:
-        raise
-    except Exception as exc:
-        raise _unreceived(type(exc).__name__, request_id) from None
-    return _whole(parts, size, declared, request_id)
-
-
-def _whole(parts: list[bytes], size: int, declared: int | None, request_id: str | None) -> bytes:
-    """The body, unless it ended before its declared length (never half-used)."""
-    _check_complete(size, declared, request_id)
-    return b"".join(parts)
-
-
-def _check_complete(size: int, declared: int | None, request_id: str | None) -> None:
-    """Refuse a body that ended before its declared `Content-Length`."""
-    if declared is not None and size < declared:
-        raise _unreceived(f"ended after {size} of {declared} bytes", request_id)
-
-
-def _log_unreceived(error: str, request_id: str | None) -> None:
-    logger.info(
-        "request body not received: the client left or sent a malformed body "
-        "[request_id=%s error=%s]",
-        request_id,
-        error,
-    )
-
-
-def _unreceived(error: str, request_id: str | None) -> HTTPError:
-    _log_unreceived(error, request_id)
-    return HTTPError(400, "bad_request", "the request body could not be read")
 
 
 def parse_run_request(
@@ -213,7 +69,7 @@ def parse_run_request(
     """
     format, query = _query(request)
     if _is_multipart(request):
-        reader = _MultipartReader(request.header("content-type") or "", policy, uploads)
+        reader = MultipartReader(request.header("content-type") or "", policy, uploads)
         try:
             reader.feed(raw)
             fields, files = reader.finish()
@@ -221,7 +77,7 @@ def parse_run_request(
         finally:
             reader.close()
         return _spec(_single_values(fields, "form"), True, files, policy, format, request_id)
-    pending: list[_Pending] = []
+    pending: list[Pending] = []
     if request.method.upper() == "GET":
         params, from_text = query, True
     else:
@@ -263,39 +119,28 @@ async def read_run_request(
             parse_run_request, request, raw, policy, request_id, uploads
         )
     format, _ = _query(request)
-    limit = policy.max_upload_bytes
-    declared = _declared_length(request, limit)
-    reader = _MultipartReader(request.header("content-type") or "", policy, uploads)
+    size = BodyLimit(request, policy.max_upload_bytes, request_id)
+    reader = MultipartReader(request.header("content-type") or "", policy, uploads)
     streams = _Streams(reader, policy, uploads)
     writing: asyncio.Task[None] | None = None
     try:
-        size = 0
-        async for chunk in body:
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            reader.feed(chunk)
-            if reader.buffered >= _FLUSH_BYTES:
-                # Written by a worker thread (and sent to the deployment's storage)
-                # while the next bytes come in; one batch in flight at most.
-                await _wait(writing)
-                jobs = reader.take_jobs()
-                writing = asyncio.get_running_loop().create_task(_write(jobs))
-                await streams.send(jobs)
-        _check_complete(size, declared, request_id)
-        fields, pending = reader.finish()
-        await _wait(writing)
-        jobs = reader.take_jobs()
-        writing = asyncio.get_running_loop().create_task(_write(jobs))
-        await streams.send(jobs)
-        await _wait(writing)
-    except HTTPError:
-        raise
-    except asyncio.CancelledError:  # the server cancels the request when its client leaves
-        _log_unreceived("CancelledError", request_id)
-        raise
-    except Exception as exc:  # the server could not deliver the body
-        raise _unreceived(type(exc).__name__, request_id) from None
+        with size.receiving():
+            async for chunk in body:
+                reader.feed(size.count(chunk))
+                if reader.buffered >= FLUSH_BYTES:
+                    # Written by a worker thread (and sent to the deployment's storage)
+                    # while the next bytes come in; one batch in flight at most.
+                    await _wait(writing)
+                    jobs = reader.take_jobs()
+                    writing = asyncio.get_running_loop().create_task(_write(jobs))
+                    await streams.send(jobs)
+            size.check_complete()
+            fields, pending = reader.finish()
+            await _wait(writing)
+            jobs = reader.take_jobs()
+            writing = asyncio.get_running_loop().create_task(_write(jobs))
+            await streams.send(jobs)
+            await _wait(writing)
     finally:
         try:
             with anyio.CancelScope(shield=True):
@@ -321,7 +166,7 @@ class _Streams:
     file's end, and aborted by `aclose()` if the body did not get there.
     """
 
-    def __init__(self, reader: _MultipartReader, policy: Policy, uploads: UploadDir) -> None:
+    def __init__(self, reader: MultipartReader, policy: Policy, uploads: UploadDir) -> None:
         self._reader = reader
         self._policy = policy
         self._uploads = uploads
@@ -329,7 +174,7 @@ class _Streams:
         self._open: dict[IO[bytes], StreamingUpload] = {}
         self._done: set[IO[bytes]] = set()
 
-    async def send(self, jobs: list[_Job]) -> None:
+    async def send(self, jobs: list[Job]) -> None:
         for file, data in jobs:
             if file in self._done:
                 continue
@@ -370,8 +215,8 @@ class _Streams:
         await self._stack.aclose()
 
 
-async def _write(jobs: list[_Job]) -> None:
-    await anyio.to_thread.run_sync(_MultipartReader.run_jobs, jobs)
+async def _write(jobs: list[Job]) -> None:
+    await anyio.to_thread.run_sync(MultipartReader.run_jobs, jobs)
 
 
 async def _wait(task: asyncio.Task[None] | None) -> None:
@@ -399,25 +244,17 @@ def read_run_request_sync(
         raw = read_body_sync(request, body, policy.max_upload_bytes, request_id=request_id)
         return parse_run_request(request, raw, policy, request_id, uploads)
     format, _ = _query(request)
-    limit = policy.max_upload_bytes
-    declared = _declared_length(request, limit)
-    reader = _MultipartReader(request.header("content-type") or "", policy, uploads)
+    size = BodyLimit(request, policy.max_upload_bytes, request_id)
+    reader = MultipartReader(request.header("content-type") or "", policy, uploads)
     try:
-        size = 0
-        for chunk in body:
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            reader.feed(chunk)
-            if reader.buffered >= _FLUSH_BYTES:
-                reader.flush()
-        _check_complete(size, declared, request_id)
-        fields, pending = reader.finish()
-        reader.flush()
-    except HTTPError:
-        raise
-    except Exception as exc:  # the server could not deliver the body
-        raise _unreceived(type(exc).__name__, request_id) from None
+        with size.receiving():
+            for chunk in body:
+                reader.feed(size.count(chunk))
+                if reader.buffered >= FLUSH_BYTES:
+                    reader.flush()
+            size.check_complete()
+            fields, pending = reader.finish()
+            reader.flush()
     finally:
         reader.close()
     return _spec(_single_values(fields, "form"), True, pending, policy, format, request_id)
@@ -444,7 +281,7 @@ def _query(request: ProxyRequest) -> tuple[StreamFormat, dict[str, str]]:
 def _spec(
     params: dict[str, Any],
     from_text: bool,
-    pending: list[_Pending],
+    pending: list[Pending],
     policy: Policy,
     format: StreamFormat,
     request_id: str,
@@ -454,21 +291,13 @@ def _spec(
     if url is not None:
         pending.append(check_input_url(url, policy))
     if len(pending) > policy.max_inputs:
-        raise _too_many_inputs(policy)
+        raise too_many_inputs(policy)
     values = policy.validate(params, from_text=from_text)
     inputs: list[BaseIO] = [
         verify_image(item, policy.max_image_pixels) if isinstance(item, bytes) else item
         for item in pending
     ]
     return RunSpec(values, inputs, format, request_id)
-
-
-def _too_many_inputs(policy: Policy) -> HTTPError:
-    return HTTPError(
-        400,
-        "invalid_input",
-        f"too many images: at most {policy.max_inputs} per request",
-    )
 
 
 class _Members(dict[str, Any]):
@@ -485,7 +314,7 @@ def _members(pairs: list[tuple[str, Any]]) -> _Members:
     return members
 
 
-def _parse_json(raw: bytes, policy: Policy) -> tuple[dict[str, Any], list[_Pending]]:
+def _parse_json(raw: bytes, policy: Policy) -> tuple[dict[str, Any], list[Pending]]:
     """The members of a JSON object body, and the images (or image URLs) it carries."""
     try:
         obj = json.loads(raw, object_pairs_hook=_members)
@@ -509,8 +338,8 @@ def _parse_json(raw: bytes, policy: Policy) -> tuple[dict[str, Any], list[_Pendi
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         raise HTTPError(400, "invalid_input", "'image' must be a data URL or base64 string")
     if len(images) > policy.max_inputs:
-        raise _too_many_inputs(policy)
-    pending: list[_Pending] = [
+        raise too_many_inputs(policy)
+    pending: list[Pending] = [
         check_input_url(i, policy) if _is_url(i) else _decode_image_text(i) for i in images
     ]
     return dict(obj), pending
@@ -521,10 +350,6 @@ def _is_url(text: str) -> bool:
 
 
 # -- helpers ---------------------------------------------------------------------
-
-
-def _too_large(limit: int) -> HTTPError:
-    return HTTPError(413, "payload_too_large", f"request body exceeds {limit} bytes")
 
 
 def _given_twice(name: str) -> HTTPError:
@@ -586,211 +411,3 @@ def _decode_image_text(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except binascii.Error:
         raise HTTPError(400, "invalid_input", "'image' is not valid base64") from None
-
-
-#: RFC 2046, section 5.1.1: a boundary is 1 to 70 characters.
-_MAX_BOUNDARY = 70
-
-
-#: File bytes are written to disk (in a worker thread) and to the deployment's storage
-#: upload, when it streams uploads, in pieces of about this size.
-_FLUSH_BYTES = 256 * 1024
-
-#: A write of bytes to an upload's file, or (with None) its closing.
-_Job = tuple[IO[bytes], Union[bytes, None]]
-
-
-class _MultipartReader:
-    """python-multipart's streaming parser, fed chunk by chunk.
-
-    Text fields are kept; a file part is typed on its first bytes (magic
-    numbers) against `policy.accept` as soon as they are in, so a refused
-    type stops the upload there. An image is kept in memory (it is verified
-    and sent inline); any other accepted file is written to `uploads`.
-    """
-
-    def __init__(self, content_type: str, policy: Policy, uploads: UploadDir | None) -> None:
-        from python_multipart.multipart import MultipartParser, parse_options_header
-
-        _, options = parse_options_header(content_type)
-        boundary = options.get(b"boundary")
-        if not boundary:
-            raise HTTPError(400, "bad_request", "multipart body without a boundary")
-        if len(boundary) > _MAX_BOUNDARY:
-            raise HTTPError(400, "bad_request", "multipart boundary is too long")
-        self.policy = policy
-        self.uploads = uploads
-        self.fields: list[tuple[str, str]] = []
-        self.inputs: list[_Pending] = []
-        self.buffered = 0
-        self._headers: dict[bytes, bytes] = {}
-        self._field = b""
-        self._value = b""
-        self._data: list[bytes] = []
-        self._is_file = False
-        self._head = b""
-        self._type: str | None = None  # the file part's sniffed type, once known
-        self._file: IO[bytes] | None = None
-        self._jobs: list[_Job] = []
-        self._opened: list[IO[bytes]] = []
-        self._path: FileIO | None = None
-        #: The file each opened upload file is written for.
-        self.targets: dict[IO[bytes], FileIO] = {}
-        callbacks: Any = {
-            "on_part_begin": self._on_part_begin,
-            "on_header_field": self._on_header_field,
-            "on_header_value": self._on_header_value,
-            "on_header_end": self._on_header_end,
-            "on_headers_finished": self._on_headers_finished,
-            "on_part_data": self._on_part_data,
-            "on_part_end": self._on_part_end,
-        }
-        try:
-            self._parser = MultipartParser(boundary, callbacks)
-        except Exception:
-            raise HTTPError(400, "bad_request", "malformed multipart body") from None
-
-    # -- feeding ------------------------------------------------------------------
-
-    def feed(self, chunk: bytes) -> None:
-        try:
-            self._parser.write(chunk)
-        except HTTPError:
-            raise
-        except Exception:
-            raise HTTPError(400, "bad_request", "malformed multipart body") from None
-
-    def take_jobs(self) -> list[_Job]:
-        """The file writes (and closes) parsed so far, in order, for `run_jobs`."""
-        self._queue_data()
-        jobs, self._jobs = self._jobs, []
-        return jobs
-
-    @staticmethod
-    def run_jobs(jobs: list[_Job]) -> None:
-        """Carry out file writes and closes (blocking: a worker thread's job)."""
-        for file, data in jobs:
-            if data is None:
-                file.close()
-                continue
-            try:
-                file.write(data)
-            except OSError:  # a full disk: the server's trouble, not the client's
-                logger.exception("an upload could not be written to its temporary file")
-                raise HTTPError(500, "internal", "the upload could not be stored") from None
-
-    def flush(self) -> None:
-        """Write the file bytes parsed so far (blocking)."""
-        self.run_jobs(self.take_jobs())
-
-    def _queue_data(self) -> None:
-        if self._file is not None and self._data:
-            self._jobs.append((self._file, b"".join(self._data)))
-            self._data = []
-        self.buffered = 0
-
-    def finish(self) -> tuple[list[tuple[str, str]], list[_Pending]]:
-        """The text fields and the inputs, once the whole body was fed."""
-        from python_multipart.multipart import MultipartState
-
-        try:
-            self._parser.finalize()
-        except HTTPError:
-            raise
-        except Exception:
-            raise HTTPError(400, "bad_request", "malformed multipart body") from None
-        if self._parser.state != MultipartState.END:  # the closing boundary never came
-            raise HTTPError(400, "bad_request", "multipart body is incomplete")
-        return self.fields, self.inputs
-
-    def close(self) -> None:
-        """Close every file it opened (the caller removes the folder)."""
-        for file in self._opened:
-            file.close()
-        self._jobs = []
-        self._file = None
-
-    # -- parser callbacks -------------------------------------------------------------
-
-    def _on_part_begin(self) -> None:
-        self._headers = {}
-        self._field = self._value = self._head = b""
-        self._data = []
-        self._type = None
-        self._is_file = False
-
-    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._field += data[start:end]
-
-    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def _on_header_end(self) -> None:
-        self._headers[self._field.lower()] = self._value
-        self._field = self._value = b""
-
-    def _on_headers_finished(self) -> None:
-        from python_multipart.multipart import parse_options_header
-
-        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
-        self._is_file = b"filename" in params
-        if self._is_file and len(self.inputs) >= self.policy.max_inputs:
-            raise _too_many_inputs(self.policy)
-
-    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        piece = data[start:end]
-        if self._is_file and self._type is None:
-            self._head += piece
-            if len(self._head) >= SNIFF_BYTES:
-                self._decide()
-            return
-        self._data.append(piece)
-        if self._file is not None:
-            self.buffered += len(piece)
-
-    def _on_part_end(self) -> None:
-        from python_multipart.multipart import parse_options_header
-
-        if self._is_file:
-            if self._type is None:
-                self._decide()
-            if self._file is not None:
-                self._queue_data()
-                self._jobs.append((self._file, None))  # closed once written
-                self._file = None
-                assert self._path is not None
-                self.inputs.append(self._path)
-                self._path = None
-            else:
-                self.inputs.append(b"".join(self._data))
-            self._data = []
-            return
-        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
-        name = params.get(b"name", b"").decode("utf-8", "replace")
-        try:
-            self.fields.append((name, b"".join(self._data).decode("utf-8")))
-        except UnicodeDecodeError:
-            raise HTTPError(400, "bad_request", f"form field '{name}' is not UTF-8") from None
-
-    def _decide(self) -> None:
-        """Type the file part from its first bytes: refuse it, keep it in memory, or spool it."""
-        content_type = sniff_content_type(self._head) or "application/octet-stream"
-        if not accepts(self.policy.accept, content_type):
-            raise not_accepted(content_type, self.policy.accept)
-        self._type = content_type
-        head, self._head = self._head, b""
-        self._data = [head]
-        if content_type.startswith("image/"):
-            return
-        if self.uploads is None:
-            raise not_accepted(content_type, self.policy.accept)
-        path = self.uploads.new_file(file_suffix(content_type))
-        try:
-            self._file = path.open("xb")
-            self._opened.append(self._file)
-        except OSError:
-            logger.exception("an upload could not be written to its temporary file")
-            raise HTTPError(500, "internal", "the upload could not be stored") from None
-        self._path = FileIO(path, content_type=content_type)
-        self.targets[self._file] = self._path
-        self.buffered = len(head)

@@ -17,6 +17,7 @@ from collections.abc import (
     Callable,
     Mapping,
 )
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, Union
 
 import anyio
@@ -26,6 +27,7 @@ from ikproxy.codecs.sse import encode_comment, encode_retry
 from ikproxy.concurrency import aclose, deadline
 from ikproxy.errors import UpstreamError, WorkflowFailed, public_error
 from ikproxy.model import Progress, State, StreamItem
+from ikproxy.policy.config import Policy
 from ikproxy.protocol import (
     ERROR,
     NDJSON_MEDIA_TYPE,
@@ -41,6 +43,7 @@ __all__ = [
     "RunStream",
     "StreamFormat",
     "StreamItem",
+    "StreamOptions",
     "stream_headers",
     "to_readable_stream",
 ]
@@ -54,6 +57,32 @@ IdPrefix = Union[str, Callable[[], str]]
 #: How many encoded events are joined into one write when they are ready together.
 _COALESCE_BYTES = 64 * 1024
 _QUEUE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How a run is sent: its wire format, keepalive interval (seconds), the `retry:`
+    delay it asks of an `EventSource` (ms, None: none), its request id (None: a new
+    one), its deadline (seconds, None: none), and whether the run outlives its client."""
+
+    format: StreamFormat = "sse"
+    keepalive: float = 15.0
+    retry_ms: int | None = 3000
+    request_id: str | None = None
+    timeout: float | None = None
+    finish_on_disconnect: bool = False
+
+    @classmethod
+    def from_policy(cls, policy: Policy, format: StreamFormat, request_id: str) -> StreamOptions:
+        """The options `policy` sets (read when called: an adapter may tune it after start)."""
+        return cls(
+            format=format,
+            keepalive=policy.keepalive,
+            retry_ms=policy.retry_ms,
+            request_id=request_id,
+            timeout=policy.timeout,
+            finish_on_disconnect=policy.finish_on_disconnect,
+        )
 
 
 def stream_headers(format: StreamFormat, request_id: str | None = None) -> dict[str, str]:
@@ -140,8 +169,8 @@ class RunStream:
     becomes the terminal `result` event. An exception (or a stream that ends
     without results) becomes one terminal `error` event with a safe message;
     the detail is logged under the request id. While the upstream is silent a
-    keepalive is sent every `keepalive` seconds. Closing it closes the
-    upstream at once, unless `finish_on_disconnect` lets the run finish.
+    keepalive is sent every `options.keepalive` seconds. Closing it closes the
+    upstream at once, unless `options.finish_on_disconnect` lets the run finish.
 
     Iterating it runs the upstream in a producer task, so keepalives never
     cancel an upstream call. `send_to(write)` is the ASGI fast path: the
@@ -152,23 +181,15 @@ class RunStream:
     def __init__(
         self,
         stream: AsyncIterable[StreamItem],
+        options: StreamOptions = StreamOptions(),
         *,
-        format: StreamFormat = "sse",
-        keepalive: float = 15.0,
-        retry_ms: int | None = 3000,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        finish_on_disconnect: bool = False,
         first_id: int = 1,
         id_prefix: IdPrefix = "",
     ) -> None:
         self._stream = stream
-        self._encoder = _Encoder(format, first_id, id_prefix)
-        self.keepalive = keepalive
-        self.retry_ms = retry_ms
-        self.request_id = request_id or new_request_id()
-        self.timeout = timeout
-        self.finish_on_disconnect = finish_on_disconnect
+        self._encoder = _Encoder(options.format, first_id, id_prefix)
+        self.options = options
+        self.request_id = options.request_id or new_request_id()
         self._iterator: AsyncGenerator[bytes, None] | None = None
         self._started = False
 
@@ -223,7 +244,7 @@ class RunStream:
         async def produce() -> None:
             upstream = aiter(self._stream)
             try:
-                with deadline(self.timeout):
+                with deadline(self.options.timeout):
                     async for item in upstream:
                         chunk, done = self._encode(item)
                         await put(chunk)
@@ -241,13 +262,13 @@ class RunStream:
 
         producer = asyncio.get_running_loop().create_task(produce())
         try:
-            preamble = self._encoder.preamble(self.retry_ms)
+            preamble = self._encoder.preamble(self.options.retry_ms)
             if preamble:
                 yield preamble
             while True:
                 if queue.empty():
                     chunk: bytes | _End | None = None
-                    with anyio.move_on_after(self.keepalive):
+                    with anyio.move_on_after(self.options.keepalive):
                         chunk = await queue.get()
                     if chunk is None:
                         yield self._encoder.keepalive()
@@ -270,7 +291,7 @@ class RunStream:
                     return
         finally:
             if not producer.done():
-                if self.finish_on_disconnect:
+                if self.options.finish_on_disconnect:
                     detached = True
                     while not queue.empty():
                         queue.get_nowait()
@@ -290,7 +311,7 @@ class RunStream:
         in flight and closes it. With `finish_on_disconnect` the run must
         outlive this task, so the producer path is used instead.
         """
-        if self.finish_on_disconnect:
+        if self.options.finish_on_disconnect:
             try:
                 async for chunk in self:
                     await write(chunk)
@@ -301,14 +322,14 @@ class RunStream:
         self._claim()
         writer = _KeepaliveWriter(
             write,
-            self.keepalive,
+            self.options.keepalive,
             self._encoder.keepalive(),
-            prefix=self._encoder.preamble(self.retry_ms),
+            prefix=self._encoder.preamble(self.options.retry_ms),
         )
         upstream = aiter(self._stream)
         try:
             try:
-                with deadline(self.timeout):
+                with deadline(self.options.timeout):
                     while True:
                         try:
                             item = await upstream.__anext__()
@@ -410,8 +431,7 @@ def to_readable_stream(
     the upstream is silent. Closing it closes the upstream at once, unless
     `finish_on_disconnect` lets the run finish.
     """
-    return RunStream(
-        stream,
+    options = StreamOptions(
         format=format,
         keepalive=keepalive,
         retry_ms=retry_ms,
@@ -419,6 +439,7 @@ def to_readable_stream(
         timeout=timeout,
         finish_on_disconnect=finish_on_disconnect,
     )
+    return RunStream(stream, options)
 
 
 #: Producers of runs whose client left while `finish_on_disconnect` holds.

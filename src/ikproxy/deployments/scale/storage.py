@@ -8,7 +8,10 @@
 `Storage` shares its client's JWT (exchanged with storage rights) and HTTP
 connections. Files are streamed from disk and to the caller, never held whole
 in memory; `upload_stream` uploads bytes while they are still being produced.
-`SyncStorage` is the blocking twin, reached as `SyncClient.storage`.
+`SyncStorage` is the blocking twin, reached as `SyncClient.storage`. What
+storage answers is described in `ikproxy.deployments.scale.objects`, and the
+streamed uploads live in `ikproxy.deployments.scale.upload`; both are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -17,21 +20,26 @@ import datetime as dt
 import io
 import mimetypes
 import os
-import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Union
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
-import anyio
 import httpx
 
+from ikproxy.deployments.scale.objects import (
+    PEER,
+    Download,
+    ObjectRef,
+    StorageInfos,
+    StorageObject,
+    raise_for_status,
+    response_json,
+    uid_of,
+)
+from ikproxy.deployments.scale.upload import UploadStream, stream_upload
 from ikproxy.errors import (
-    AuthenticationFailed,
-    StorageError,
-    StorageObjectExists,
     StorageObjectNotFound,
     UpstreamError,
 )
@@ -56,162 +64,9 @@ __all__ = [
 ]
 
 DEFAULT_SCALEFS_URL = "https://scalefs.ikomia.ai"
-_PEER = "SCALE storage"
 
 Content = Union[bytes, str, "os.PathLike[str]", IO[bytes], FileIO]
 """What `put` uploads: bytes, text, a file path, an open binary file, or a `FileIO`."""
-
-
-@dataclass(frozen=True)
-class StorageObject:
-    """A file held in SCALE storage, as the storage API describes it."""
-
-    uid: str
-    path: str | None = None
-    download_url: str | None = None
-    content_type: str | None = None
-    sha256: str | None = None
-    size: int | None = None
-    created_at: dt.datetime | None = None
-    #: The JSON object as received.
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def from_json(cls, obj: Any) -> StorageObject:
-        """Parse a storage object; `UpstreamError` if it has no uid."""
-        if not isinstance(obj, dict) or not isinstance(obj.get("uid"), str) or not obj["uid"]:
-            raise UpstreamError(f"{_PEER} sent an object description ikproxy cannot read")
-        size = obj.get("size")
-        return cls(
-            uid=obj["uid"],
-            path=_str_or_none(obj.get("path")),
-            download_url=_str_or_none(obj.get("download_url")),
-            content_type=_str_or_none(obj.get("content_type")),
-            sha256=_str_or_none(obj.get("sha256")),
-            size=size if isinstance(size, int) and not isinstance(size, bool) else None,
-            created_at=_datetime_or_none(obj.get("created_at")),
-            raw=dict(obj),
-        )
-
-
-ObjectRef = Union[StorageObject, StorageObjectIO, str]
-"""What names a stored object: a `StorageObject`, a `StorageObjectIO` (a run
-input or output), or a uid."""
-
-
-@dataclass(frozen=True)
-class StorageInfos:
-    """How much of the storage is used: objects and bytes, in all and for anonymous objects."""
-
-    count: int
-    used_bytes: int
-    total_bytes: int
-    anonymous_count: int
-    anonymous_used_bytes: int
-
-    @classmethod
-    def from_json(cls, obj: Any) -> StorageInfos:
-        try:
-            anonymous = obj.get("anonymous_objects") or {}
-            return cls(
-                count=int(obj["count"]),
-                used_bytes=int(obj["used_bytes"]),
-                total_bytes=int(obj["total_bytes"]),
-                anonymous_count=int(anonymous.get("count", 0)),
-                anonymous_used_bytes=int(anonymous.get("used_bytes", 0)),
-            )
-        except (AttributeError, KeyError, TypeError, ValueError):
-            raise UpstreamError(f"{_PEER} sent storage infos ikproxy cannot read") from None
-
-
-@dataclass(frozen=True)
-class Download:
-    """An open download: its status (200, or 206 for a range), headers, and body stream."""
-
-    status_code: int
-    content_type: str | None
-    #: The `Content-Length` of this answer (the range's length for a 206), if known.
-    content_length: int | None
-    #: The `Content-Range` header of a 206 answer, as sent.
-    content_range: str | None
-    _response: httpx.Response = field(repr=False)
-
-    async def aiter_bytes(self, chunk_size: int = 64 * 1024) -> AsyncIterator[bytes]:
-        """The body, chunk by chunk."""
-        async for chunk in self._response.aiter_bytes(chunk_size):
-            yield chunk
-
-
-class UploadStream:
-    """An upload whose bytes are written while it is sent (`Storage.upload_stream`).
-
-    The bytes go through a pipe of one chunk: `write` waits while storage is
-    behind, so memory stays bounded whatever the file's size.
-    """
-
-    def __init__(self) -> None:
-        self._send, self._receive = anyio.create_memory_object_stream[bytes](1)
-        self._done = anyio.Event()
-        self._result: StorageObject | None = None
-        self._error: Exception | None = None
-        self._ended = False
-
-    async def write(self, data: bytes) -> None:
-        """Send `data`; raises the upload's error if it has failed already."""
-        try:
-            await self._send.send(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await self._done.wait()
-            raise self._failure() from None
-
-    async def finish(self) -> StorageObject:
-        """End the body and wait for storage's answer: the stored object."""
-        self._ended = True
-        self._send.close()
-        await self._done.wait()
-        if self._result is None:
-            raise self._failure()
-        return self._result
-
-    def _failure(self) -> Exception:
-        return self._error or StorageError("the upload ended before its body was sent")
-
-    async def _body(self, head: bytes, tail: bytes) -> AsyncIterator[bytes]:
-        yield head
-        async with self._receive:
-            async for chunk in self._receive:
-                yield chunk
-        if not self._ended:  # the pipe broke: never let a partial body look whole
-            raise StorageError("the upload was aborted")
-        yield tail
-
-    async def _run(
-        self, storage: Storage, method: str, path: str | None, content_type: str
-    ) -> None:
-        boundary = secrets.token_hex(16)
-        head = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"\r\n'
-            f"Content-Type: {content_type}\r\n\r\n"
-        ).encode("latin-1")
-        tail = f"\r\n--{boundary}--\r\n".encode("latin-1")
-        try:
-            # Sent once (a one-shot body): a 401 is not retried here but raised.
-            response = await storage._http.authorised(
-                method,
-                storage._route(path),
-                "the upload",
-                _PEER,
-                retry=False,
-                content=self._body(head, tail),
-                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-            )
-            _raise_for_status(response, "the upload")
-            self._result = StorageObject.from_json(_json(response, "the upload"))
-        except Exception as exc:
-            self._error = exc
-        finally:
-            self._receive.close()
-            self._done.set()
 
 
 class Storage:
@@ -274,7 +129,7 @@ class Storage:
         response = await self._request(
             method, self._route(path), "the upload", files={"file": (None, body, content_type)}
         )
-        return StorageObject.from_json(_json(response, "the upload"))
+        return StorageObject.from_json(response_json(response, "the upload"))
 
     @asynccontextmanager
     async def upload_stream(
@@ -298,19 +153,9 @@ class Storage:
         being retried: keep a copy of the bytes to send again with `put`.
         """
         method = "PUT" if path and overwrite else "POST"
-        upload = UploadStream()
-        error: Exception | None = None
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(upload._run, self, method, path, content_type)
-            try:
-                yield upload
-            except Exception as exc:  # raised as it is, not in a task group's ExceptionGroup
-                error = exc
-            finally:
-                if not upload._done.is_set() and not upload._ended:
-                    tasks.cancel_scope.cancel()
-        if error is not None:
-            raise error
+        opening = stream_upload(self._http, method, self._route(path), content_type)
+        async with opening as upload:
+            yield upload
 
     async def copy(
         self, source: ObjectRef, path: str | None = None, *, overwrite: bool = False
@@ -324,7 +169,7 @@ class Storage:
             data={"copy_from": uid},
             files={"file": (None, b"", None)},
         )
-        return StorageObject.from_json(_json(response, "the copy"))
+        return StorageObject.from_json(response_json(response, "the copy"))
 
     # -- look up ----------------------------------------------------------------
 
@@ -357,10 +202,10 @@ class Storage:
             response = await self._request(
                 "GET", self._route(path), "the look-up", params={**params, "page": str(page)}
             )
-            body = _json(response, "the look-up")
+            body = response_json(response, "the look-up")
             results = body.get("results") if isinstance(body, dict) else None
             if not isinstance(results, list):
-                raise UpstreamError(f"{_PEER} sent a page of objects ikproxy cannot read")
+                raise UpstreamError(f"{PEER} sent a page of objects ikproxy cannot read")
             for item in results:
                 yield StorageObject.from_json(item)
             if not body.get("next"):
@@ -390,16 +235,16 @@ class Storage:
             "the presigned URL request",
             data={"expire_at": expire_at},
         )
-        body = _json(response, "the presigned URL request")
+        body = response_json(response, "the presigned URL request")
         url = body.get("presigned_download_url") if isinstance(body, dict) else None
         if not isinstance(url, str):
-            raise UpstreamError(f"{_PEER} sent a presigned URL answer ikproxy cannot read")
+            raise UpstreamError(f"{PEER} sent a presigned URL answer ikproxy cannot read")
         return url
 
     async def infos(self) -> StorageInfos:
         """How many objects and bytes the storage holds, and its capacity."""
         response = await self._request("GET", f"{self.url}/v1/infos", "the infos request")
-        return StorageInfos.from_json(_json(response, "the infos request"))
+        return StorageInfos.from_json(response_json(response, "the infos request"))
 
     # -- read -------------------------------------------------------------------
 
@@ -418,17 +263,17 @@ class Storage:
         """
         obj = await self._resolve(ref)
         if obj.download_url is None:
-            raise UpstreamError(f"{_PEER} gave no download URL for object {obj.uid!r}")
+            raise UpstreamError(f"{PEER} gave no download URL for object {obj.uid!r}")
         headers = {}
         if start is not None or end is not None:
             headers["Range"] = _range(start, end)
         response = await self._http.authorised(
-            "GET", obj.download_url, "the download", _PEER, stream=True, headers=headers
+            "GET", obj.download_url, "the download", PEER, stream=True, headers=headers
         )
         try:
             if not response.is_success:
                 await response.aread()
-                _raise_for_status(response, "the download")
+                raise_for_status(response, "the download")
             length = response.headers.get("content-length")
             yield Download(
                 status_code=response.status_code,
@@ -483,20 +328,9 @@ class Storage:
         raise TypeError(f"expected a StorageObject, a StorageObjectIO or a uid, not {ref!r}")
 
     async def _request(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
-        response = await self._http.authorised(method, url, what, _PEER, **kwargs)
-        _raise_for_status(response, what)
+        response = await self._http.authorised(method, url, what, PEER, **kwargs)
+        raise_for_status(response, what)
         return response
-
-
-def uid_of(ref: StorageObjectIO) -> str | None:
-    """The uid a `storage_object` names: in its metadata, or its url's `uid` query."""
-    metadata = ref.data.get("metadata")
-    if isinstance(metadata, dict) and isinstance(metadata.get("uid"), str):
-        return str(metadata["uid"])
-    if ref.url is None:
-        return None
-    values = parse_qs(urlsplit(ref.url).query).get("uid")
-    return values[0] if values else None
 
 
 class SyncStorage:
@@ -589,40 +423,6 @@ class SyncStorage:
         return result
 
 
-def _raise_for_status(response: httpx.Response, what: str) -> None:
-    status = response.status_code
-    if response.is_success:
-        return
-    detail = _detail(response)
-    if status == 404:
-        raise StorageObjectNotFound(detail or f"{what}: not found", status_code=404)
-    if status == 409:
-        raise StorageObjectExists(detail or f"{what}: the path already exists", status_code=409)
-    if status in (401, 403):
-        raise AuthenticationFailed(
-            f"{what} was refused: {_PEER} rejected the credentials (HTTP {status})",
-            status_code=status,
-        )
-    suffix = f": {detail}" if detail else ""
-    raise StorageError(f"{what} failed: {_PEER} answered HTTP {status}{suffix}", status_code=status)
-
-
-def _detail(response: httpx.Response) -> str | None:
-    try:
-        body = response.json()
-    except (ValueError, UnicodeDecodeError):
-        return None
-    detail = body.get("detail") if isinstance(body, dict) else None
-    return detail if isinstance(detail, str) else None
-
-
-def _json(response: httpx.Response, what: str) -> Any:
-    try:
-        return response.json()
-    except (ValueError, UnicodeDecodeError):
-        raise UpstreamError(f"{what} failed: {_PEER} sent an answer that is not JSON") from None
-
-
 def _guess_content_type(name: str | None, content: object) -> str:
     """As the official client: from the name's extension, else by the content's kind."""
     if name:
@@ -644,16 +444,3 @@ def _range(start: int | None, end: int | None) -> str:
 
 def _bool(value: bool) -> str:
     return "true" if value else "false"
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _datetime_or_none(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
