@@ -494,7 +494,8 @@ class Proxy:
         self, reference: str, seen: int, caller: str, options: StreamOptions
     ) -> ProxyResponse:
         """Open a sealed reference and attach to its upstream run: the current state, then on."""
-        assert self.sealer is not None and options.request_id is not None
+        assert self.sealer is not None
+        assert options.request_id is not None
         request_id = options.request_id
         try:
             uuid = self.sealer.open(reference, caller)
