@@ -197,7 +197,10 @@ def main() -> None:
         ratio = elapsed / floor_time
         print(f"{name:<16}{growth:>14.1f} MiB{rate:>11.0f} MiB/s{ratio:>15.2f}x")
     if not OFFICIAL.exists():
-        print("\n(ikomia-client not measured: run tests/test_official_client.py to make its venv)")
+        print(
+            "\n(ikomia-client not measured: run"
+            " tests/integration/tooling/test_official_client.py to make its venv)"
+        )
     del floor_growth
 
 

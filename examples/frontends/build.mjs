@@ -4,7 +4,7 @@
 //   node build.mjs react vue  # some of them
 //
 // Each page calls /api/run on its own origin: serve dist/ from the app that mounts
-// the proxy at /api (tests/test_frontends.py does exactly that).
+// the proxy at /api (tests/integration/browser/test_frontends.py does exactly that).
 
 import { createHash } from "node:crypto";
 import { copyFile, mkdir, readFile, rm, writeFile } from "node:fs/promises";

@@ -26,7 +26,7 @@ from ikproxy.browser import process_readable_stream_sync, process_streaming_resp
 from ikproxy.errors import StreamError
 from ikproxy.testing import FakeScale
 
-from .._support import free_port, running_server
+from ..support.servers import free_port, running_server
 from .apps import _config
 
 pytestmark = pytest.mark.anyio
@@ -443,7 +443,7 @@ IGNORES_CHUNKED = {"django-wsgi/gunicorn-gthread", "wsgi-mount/gunicorn-gthread"
 async def test_a_client_leaving_mid_upload_is_one_log_line(live: Live) -> None:
     import asyncio
 
-    from ..hostile_cases import connect
+    from ..support.hostile_cases import connect
 
     name = live.case.name.replace("django6-py3.12", "django")
     cuts = [b"Content-Length: 1000\r\n\r\nprompt="]
@@ -479,7 +479,14 @@ async def test_a_client_leaving_mid_upload_is_one_log_line(live: Live) -> None:
 
 def _server_answers() -> dict[str, dict[str, frozenset[int]]]:
     """The answers each server gives of its own to cases of the hostile table."""
-    from ..hostile_cases import GUNICORN, HYPERCORN, IGNORES_CHUNKED, SANIC, UVICORN, WERKZEUG
+    from ..support.hostile_cases import (
+        GUNICORN,
+        HYPERCORN,
+        IGNORES_CHUNKED,
+        SANIC,
+        UVICORN,
+        WERKZEUG,
+    )
 
     return {
         "asgi-app/uvicorn": UVICORN,
@@ -511,7 +518,7 @@ SERVER_HANGS: dict[str, frozenset[str]] = {
 async def test_hostile_input_gets_a_clean_4xx(live: Live) -> None:
     import asyncio
 
-    from ..hostile_cases import CASES, check, send
+    from ..support.hostile_cases import CASES, check, send
 
     port = int(live.url.rsplit(":", 1)[1])
     name = live.case.name.replace("django6-py3.12", "django")

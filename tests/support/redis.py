@@ -1,0 +1,23 @@
+"""A real redis-server on a free loopback port, in its own directory, stopped by its pid."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .servers import free_port, running_server
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+@contextmanager
+def redis_server(directory: Path, port: int | None = None) -> Iterator[str]:
+    """Run redis-server (no persistence) until the block ends; yields its URL."""
+    port = port or free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    args += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
+    with running_server(args, ready="Ready to accept connections"):
+        yield f"redis://127.0.0.1:{port}/0"
