@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
-from pathlib import Path
 
 import pytest
 
@@ -23,8 +22,9 @@ from ikproxy.errors import (
     error_code,
     public_error,
 )
+from tests.support.servers import ROOT
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+DOCS = ROOT / "docs" / "protocol.md"
 #: Modules that need an optional extra or print on import; their errors are imported elsewhere.
 SKIP = {"ikproxy.__main__", "ikproxy.testing.__main__", "ikproxy.testing.pytest_plugin"}
 ALIASES = {"ikproxy.caps", "ikproxy.images", "ikproxy.openapi", "ikproxy.outputs"}
