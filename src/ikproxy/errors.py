@@ -18,6 +18,7 @@ __all__ = [
     "AccessDenied",
     "AuthenticationFailed",
     "BadRequest",
+    "CrossSiteRequest",
     "FetchError",
     "FetchHTTPError",
     "FetchNotFound",
@@ -35,6 +36,7 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "PolicyError",
     "RateLimited",
     "ResumeExpired",
     "RunLost",
@@ -138,11 +140,30 @@ class WorkflowFailed(UpstreamError):
     public_message = "The workflow failed while processing this request."
 
 
+class PolicyError(IkproxyError, TypeError, ValueError):
+    """A `Policy` option that is unknown or has a bad value, found when the policy is made.
+
+    Its message names the option, says what is wrong, and gives the nearest
+    valid option or value when there is one ("did you mean `max_active_runs`?").
+    Every surface gives the same text (Django's system checks too). A
+    `TypeError` and a `ValueError`, as Python raises for a bad argument.
+    """
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"Policy option `{option}`: {problem}")
+        #: The option's name, as given.
+        self.option = option
+        #: What is wrong with it, and the nearest valid choice if any.
+        self.problem = problem
+
+
 class StreamError(IkproxyError):
     """A stream ended with an `error` event: its code, safe message and request id.
 
     Raised by the consumers (`ikproxy.browser`). Should a run re-raise one, the
     proxy answers it as the upstream's failure (502 `upstream_failed`).
+    `status_code` and `retry_after` (seconds, from the `Retry-After` header) are
+    set when the error came as a refused request before any stream.
     """
 
     code = "upstream_failed"
@@ -156,6 +177,7 @@ class StreamError(IkproxyError):
         request_id: str | None = None,
         *,
         status_code: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}" + (f" (request {request_id})" if request_id else ""))
         self.code = code
@@ -163,6 +185,8 @@ class StreamError(IkproxyError):
         self.request_id = request_id
         #: The HTTP status when the error came as a response before any stream.
         self.status_code = status_code
+        #: The seconds the server asked to wait before retrying (`Retry-After`), or None.
+        self.retry_after = retry_after
 
 
 class IncompleteStream(IkproxyError):
@@ -363,6 +387,15 @@ class AccessDenied(HTTPError):
         code = "unauthenticated" if status == 401 else "forbidden"
         default = "Authentication required." if status == 401 else "Not allowed."
         super().__init__(status, code, message or default)
+
+
+class CrossSiteRequest(_Refusal):
+    """A run asked for by a page of another site (`Sec-Fetch-Site: cross-site`), from an
+    origin not in the policy's `allowed_origins`."""
+
+    status = 403
+    code = "cross_site"
+    public_message = "Runs cannot be started from another site."
 
 
 class NotFound(_Refusal):

@@ -15,8 +15,16 @@ Or from settings, with `include(ikproxy.adapters.django.urls())`:
     }
 
 `POLICY` holds the options of `ikproxy.policy.Policy`; `authorize`,
-`rate_limit` and `rate_limit_key` may be given as dotted paths. The app name
-is `ikproxy`, so `reverse("ikproxy:endpoint", args=["run"])` gives the run URL.
+`rate_limit_key` and `store` (and `rate_limit` unless it is a rate such as
+`"3/minute"`) may be given as dotted paths. The app name is `ikproxy`, so
+`reverse("ikproxy:endpoint", args=["run"])` gives the run URL.
+
+Add `"ikproxy.adapters.django.IkproxyConfig"` to `INSTALLED_APPS` and
+`manage.py check` (which `runserver` and `migrate` run too) reports each
+problem of `settings.IKPROXY` as an error `ikproxy.E00N` naming the key, the
+problem and the nearest valid option, with the text `Policy(...)` gives. A
+URLconf built from bad settings imports without error, and answers every
+request with a 500 whose log line gives the same text.
 
 One catch-all view hands every request under the prefix to the core. It is
 an async view that streams under both handlers (Django buffers a stream whose
@@ -45,9 +53,11 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.apps import AppConfig
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
@@ -56,14 +66,15 @@ from django.utils.module_loading import import_string
 from django.views.decorators.csrf import csrf_exempt
 
 from ikproxy.deployments import Deployment
-from ikproxy.policy.config import Policy
+from ikproxy.policy.checks import nearest
+from ikproxy.policy.config import Policy, policy_problems
 from ikproxy.proxy.core import Proxy, ProxyRequest, ProxyResponse, SyncProxyResponse
 
-__all__ = ["ProxyURLs", "urls"]
+__all__ = ["IkproxyConfig", "ProxyURLs", "check_settings", "urls"]
 
 _CHUNK = 64 * 1024
 _SETTINGS_KEYS = ("DEPLOYMENT", "POLICY")
-_IMPORTABLE = ("authorize", "rate_limit", "rate_limit_key", "store")
+_IMPORTABLE = ("authorize", "rate_limit", "resume_rate_limit", "rate_limit_key", "store")
 #: Where the ASGI branch keeps the rate-limit key computed in Django's sync thread.
 _KEY_ATTRIBUTE = "_ikproxy_rate_limit_key"
 
@@ -90,7 +101,10 @@ def urls(
             raise TypeError(
                 "policy options need a deployment (or neither, to use settings.IKPROXY)"
             )
-        deployment, options = _from_settings()
+        try:
+            deployment, options = _from_settings()
+        except ImproperlyConfigured as exc:
+            return _unconfigured(str(exc))
     proxy = Proxy(deployment, policy, **options)
     view = _endpoint(proxy)
     return ProxyURLs([re_path(r"^(?P<path>.*)\Z", view, name="endpoint")], proxy)
@@ -182,33 +196,119 @@ async def _call_off_loop(hook: Callable[[Any], Any], request: Any) -> Any:
 # -- settings ---------------------------------------------------------------------
 
 
-def _from_settings() -> tuple[Deployment, dict[str, Any]]:
+class IkproxyConfig(AppConfig):  # type: ignore[misc]
+    """The Django app of ikproxy: in `INSTALLED_APPS`, it registers the system checks of
+    `settings.IKPROXY` (`check_settings`)."""
+
+    name = "ikproxy.adapters.django"
+    label = "ikproxy"
+    verbose_name = "ikproxy"
+
+    def ready(self) -> None:
+        checks.register(check_settings, "ikproxy")
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The system check of `settings.IKPROXY`: one error per problem (none if unset).
+
+    `ikproxy.E001` the setting's shape, `E002` an unknown key, `E003` the
+    deployment, `E004` the `POLICY` mapping, `E005` a dotted path that does not
+    import, `E006` a `Policy` option (the message `Policy(...)` gives).
+    """
     from django.conf import settings
 
-    config = getattr(settings, "IKPROXY", None)
-    if not isinstance(config, Mapping) or "DEPLOYMENT" not in config:
-        raise ImproperlyConfigured(
-            "ikproxy.adapters.django.urls() needs a deployment, "
-            "or settings.IKPROXY = {'DEPLOYMENT': ...}"
-        )
-    unknown = sorted(set(config) - set(_SETTINGS_KEYS))
-    if unknown:
-        raise ImproperlyConfigured(
-            f"unknown key in settings.IKPROXY: {unknown[0]!r} (allowed: DEPLOYMENT, POLICY)"
-        )
-    deployment = _imported(config["DEPLOYMENT"])
+    if getattr(settings, "IKPROXY", None) is None:
+        return []
+    return [checks.Error(message, id=f"ikproxy.{code}") for code, message in _problems()[0]]
+
+
+def _from_settings() -> tuple[Deployment, dict[str, Any]]:
+    """The deployment and policy options of `settings.IKPROXY`; `ImproperlyConfigured` else."""
+    problems, deployment, options = _problems()
+    if problems:
+        raise ImproperlyConfigured("; ".join(message for _, message in problems))
+    assert deployment is not None
     if not isinstance(deployment, Deployment) and callable(deployment):
         deployment = deployment()
     if not isinstance(deployment, Deployment):
         raise ImproperlyConfigured(
             "settings.IKPROXY['DEPLOYMENT'] is not a deployment (an object with run_stream)"
         )
-    options = dict(config.get("POLICY") or {})
-    for key in _IMPORTABLE:
-        if key in options:
-            options[key] = _imported(options[key])
     return deployment, options
 
 
-def _imported(value: Any) -> Any:
-    return import_string(value) if isinstance(value, str) else value
+def _problems() -> tuple[list[tuple[str, str]], Any, dict[str, Any]]:
+    """((check id, message) per problem, the deployment or its factory, the policy options)."""
+    from django.conf import settings
+
+    config = getattr(settings, "IKPROXY", None)
+    if not isinstance(config, Mapping) or "DEPLOYMENT" not in config:
+        message = (
+            "ikproxy.adapters.django.urls() needs a deployment, "
+            "or settings.IKPROXY = {'DEPLOYMENT': ...}"
+        )
+        return [("E001", message)], None, {}
+    problems: list[tuple[str, str]] = []
+    for key in config:
+        if key not in _SETTINGS_KEYS:
+            guess = nearest(str(key), _SETTINGS_KEYS)
+            hint = f"did you mean {guess!r}?" if guess else "allowed: DEPLOYMENT, POLICY"
+            problems.append(("E002", f"unknown key in settings.IKPROXY: {key!r} ({hint})"))
+    deployment = _import_setting("settings.IKPROXY['DEPLOYMENT']", config["DEPLOYMENT"], problems)
+    if (
+        deployment is not None
+        and not isinstance(deployment, Deployment)
+        and not callable(deployment)
+    ):
+        problems.append(
+            (
+                "E003",
+                "settings.IKPROXY['DEPLOYMENT'] is not a deployment (an object with run_stream)",
+            )
+        )
+    raw = config.get("POLICY") or {}
+    if not isinstance(raw, Mapping):
+        problems.append(("E004", "settings.IKPROXY['POLICY'] is not a mapping of Policy options"))
+        return problems, deployment, {}
+    options = dict(raw)
+    for key in _IMPORTABLE:
+        value = options.get(key)
+        if isinstance(value, str) and not (key.endswith("rate_limit") and "/" in value):
+            where = f"settings.IKPROXY['POLICY']['{key}']"
+            options[key] = _import_setting(where, value, problems)
+    if not any(code == "E005" for code, _ in problems):
+        problems += [("E006", str(problem)) for problem in policy_problems(options)]
+    return problems, deployment, options
+
+
+def _import_setting(where: str, value: Any, problems: list[tuple[str, str]]) -> Any:
+    """`value`, imported if it is a dotted path; a problem recorded (and None) if it fails."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return import_string(value)
+    except ImportError as exc:
+        code = "E003" if where.endswith("['DEPLOYMENT']") else "E005"
+        problems.append((code, f"{where}: {value!r} is not an importable dotted path ({exc})"))
+        return None
+
+
+class _Unconfigured:
+    """Stands for the `Proxy` of a URLconf made from bad settings: any use raises."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __getattr__(self, name: str) -> Any:
+        raise ImproperlyConfigured(self.message)
+
+
+def _unconfigured(message: str) -> ProxyURLs:
+    """URL patterns that answer every request with the configuration error (a 500)."""
+
+    def endpoint(request: HttpRequest, path: str) -> HttpResponseBase:
+        raise ImproperlyConfigured(message)
+
+    view = csrf_exempt(endpoint)
+    pattern = re_path(r"^(?P<path>.*)\Z", view, name="endpoint")
+    return ProxyURLs([pattern], cast(Proxy, _Unconfigured(message)))

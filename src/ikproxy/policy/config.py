@@ -6,10 +6,14 @@ applies the same `Policy` through `ikproxy.proxy.Proxy`.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ikproxy.errors import PolicyError
+from ikproxy.policy.checks import check_option, normalize_origin, unknown_option
 from ikproxy.policy.limits import MaybeAwaitable, RateLimiter, TokenBucket
 from ikproxy.policy.params import (
     PARAM_TYPES,
@@ -21,7 +25,7 @@ from ikproxy.policy.params import (
 )
 from ikproxy.stores import Store
 
-__all__ = ["Authorize", "Policy"]
+__all__ = ["Authorize", "Policy", "policy_problems"]
 
 #: `authorize(request)`: return True/None to allow, False to refuse with 403, or
 #: raise `AccessDenied(401 or 403, message)`. May be sync or async.
@@ -40,9 +44,17 @@ class Policy:
     * `max_inputs`, `max_upload_bytes`: image uploads per request and the request body limit.
     * `max_image_pixels`: the largest image accepted (width times height; 413 beyond).
     * `authorize(request)`, `rate_limit` / `rate_limit_key(request)`: access hooks, given
-      the framework's own request object.
+      the framework's own request object. `rate_limit` counts accepted runs only (a
+      refused request costs nothing): a `TokenBucket`, or a rate in words (`"3/minute"`,
+      `"3/m"`; units s, sec, second, m, min, minute, h, hour, d, day), or None.
+    * `resume_rate_limit`: how often one caller may resume runs it may read (their own
+      limit, apart from `rate_limit`, against reconnect storms): `"30/minute"` by default.
+    * `allowed_origins`: the origins (`"https://app.example.com"`) of front ends on other
+      sites that may start runs; they get CORS headers (preflight included). A run asked
+      for by any other site (`Sec-Fetch-Site: cross-site`) is refused 403 `cross_site`.
     * `timeout`: a deadline per run in seconds; `keepalive`: the idle interval for
-      keepalive comments; `finish_on_disconnect`: let a run finish when its client leaves.
+      keepalive comments, in seconds; `finish_on_disconnect`: let a run finish when its
+      client leaves.
     * `retry_ms`: the SSE `retry:` field sent first (an `EventSource`'s reconnection
       delay, in milliseconds); None sends none.
     * `resume_window`: make runs resumable (see `ikproxy.runs`): a run goes on without
@@ -68,11 +80,15 @@ class Policy:
       `max_upload_bytes` and `input_url_timeout` seconds, never from a private,
       loopback or link-local address unless `allow_private_input_urls`, and checks
       every redirect the same way.
+    * `input_url_timeout`: in seconds.
     * `inline_output_limit`: an image output larger than this many bytes reaches the
       browser by reference (a URL under the proxy's mount, see `ikproxy.outputs`),
       as stored outputs always do; None inlines every image. `output_window`: how
       long after the run such URLs work, in seconds. `presigned_outputs`: hand out
       the storage's own presigned URL for a stored output instead of streaming it.
+
+    Every option is checked when the policy is made: an unknown one, or a bad
+    value, raises `PolicyError` naming it ("did you mean `max_active_runs`?").
     """
 
     parameters: Mapping[str, Param | type] | type[Any] | ModelParameters = field(
@@ -84,7 +100,8 @@ class Policy:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     authorize: Authorize | None = None
-    rate_limit: RateLimiter | None = field(default_factory=TokenBucket)
+    rate_limit: RateLimiter | str | None = field(default_factory=TokenBucket)
+    resume_rate_limit: RateLimiter | str | None = "30/minute"
     rate_limit_key: Callable[[Any], MaybeAwaitable[str]] | None = None
     timeout: float | None = 300.0
     keepalive: float = 15.0
@@ -96,6 +113,7 @@ class Policy:
     resume_secret: bytes | str | None = field(default=None, repr=False)
     accept: Sequence[str] = ("image/*",)
     allow_input_urls: Sequence[str] = ()
+    allowed_origins: Sequence[str] = ()
     allow_private_input_urls: bool = False
     input_url_timeout: float = 30.0
     inline_output_limit: int | None = 1_000_000
@@ -103,41 +121,38 @@ class Policy:
     presigned_outputs: bool = False
 
     def __post_init__(self) -> None:
-        if is_model(self.parameters):
-            self.parameters = model_parameters(self.parameters)  # type: ignore[arg-type]
-        if isinstance(self.parameters, ModelParameters):
-            names: Sequence[str] = self.parameters.names
-        else:
-            params: dict[str, Param] = {}
-            for name, spec in self.parameters.items():
-                if isinstance(spec, Param):
-                    params[name] = spec
-                elif spec in PARAM_TYPES:
-                    params[name] = Param(spec)
-                else:
-                    raise TypeError(f"parameter {name!r}: expected a Param or str/int/float/bool")
-            self.parameters, names = params, list(params)
+        for option in dataclasses.fields(self):
+            problem = check_option(option.name, getattr(self, option.name))
+            if problem is not None:
+                raise problem
+        self.parameters = _parameters(self.parameters)
+        params = self.parameters
+        names = params.names if isinstance(params, ModelParameters) else tuple(params)
         clash = sorted(set(names) & set(self.fixed_parameters))
         if clash:
-            raise ValueError(f"parameters both allowed and fixed: {', '.join(clash)}")
-        if self.keepalive <= 0:
-            raise ValueError("keepalive must be a positive number of seconds")
-        if self.resume_window is not None and self.resume_window <= 0:
-            raise ValueError("resume_window must be a positive number of seconds")
-        if self.max_active_runs is not None and self.max_active_runs < 1:
-            raise ValueError("max_active_runs must be at least 1")
+            raise PolicyError(
+                "fixed_parameters", f"parameters both allowed and fixed: {', '.join(clash)}"
+            )
         if self.resume_secret is not None and self.resume_window is None:
-            raise ValueError("resume_secret needs resume_window (how long a run stays resumable)")
-        if isinstance(self.accept, str) or isinstance(self.allow_input_urls, str):
-            raise TypeError("accept and allow_input_urls take a list of strings")
-        if self.output_window <= 0:
-            raise ValueError("output_window must be a positive number of seconds")
-        if self.inline_output_limit is not None and self.inline_output_limit < 0:
-            raise ValueError("inline_output_limit must not be negative")
-        if self.max_upload_bytes < 0 or self.max_inputs < 0:
-            raise ValueError("max_upload_bytes and max_inputs must not be negative")
-        if self.max_image_pixels < 1:
-            raise ValueError("max_image_pixels must be at least 1")
+            raise PolicyError(
+                "resume_secret", "needs resume_window (how long a run stays resumable)"
+            )
+        if isinstance(self.rate_limit, str):
+            self.rate_limit = TokenBucket.parse(self.rate_limit)
+        if isinstance(self.resume_rate_limit, str):
+            self.resume_rate_limit = TokenBucket.parse(self.resume_rate_limit)
+        self.allowed_origins = tuple(normalize_origin(o) for o in self.allowed_origins)
+
+    @property
+    def limiter(self) -> RateLimiter | None:
+        """`rate_limit` as a limiter (a rate in words became a `TokenBucket` when made)."""
+        return self.rate_limit if isinstance(self.rate_limit, RateLimiter) else None
+
+    @property
+    def resume_limiter(self) -> RateLimiter | None:
+        """`resume_rate_limit` as a limiter, when runs are resumable at all."""
+        limiter = self.resume_rate_limit
+        return limiter if self.resume_window and isinstance(limiter, RateLimiter) else None
 
     @property
     def keys_callers(self) -> bool:
@@ -147,6 +162,7 @@ class Policy:
             self.rate_limit is not None
             or self.max_active_runs is not None
             or self.resume_secret is not None
+            or self.resume_limiter is not None
         )
 
     def validate(self, raw: Mapping[str, Any], *, from_text: bool) -> dict[str, Any]:
@@ -172,3 +188,69 @@ class Policy:
                 values[name] = spec.default
         values.update(self.fixed_parameters)
         return values
+
+
+#: Every option `Policy` takes: its dataclass fields.
+OPTIONS = tuple(option.name for option in dataclasses.fields(Policy))
+
+
+def _init_checking_names(init: Callable[..., None]) -> Callable[..., None]:
+    """`Policy.__init__`, refusing an unknown option with the nearest valid one."""
+
+    @functools.wraps(init)
+    def checked(self: Policy, *args: Any, **options: Any) -> None:
+        for name in options:
+            if name not in OPTIONS:
+                raise unknown_option(name, OPTIONS)
+        init(self, *args, **options)
+
+    return checked
+
+
+setattr(Policy, "__init__", _init_checking_names(Policy.__init__))  # noqa: B010
+
+
+def policy_problems(options: Mapping[str, Any]) -> list[PolicyError]:
+    """Every problem of these `Policy` options, one `PolicyError` each; [] if they make one.
+
+    Unknown names and bad values are each reported; a problem between options
+    (`resume_secret` without `resume_window`) once the values are sound.
+    """
+    problems = [unknown_option(name, OPTIONS) for name in options if name not in OPTIONS]
+    for name, value in options.items():
+        problem = check_option(name, value) if name in OPTIONS else None
+        if problem is not None:
+            problems.append(problem)
+    if not problems:
+        try:
+            Policy(**options)
+        except PolicyError as exc:
+            problems.append(exc)
+    return problems
+
+
+def _parameters(
+    parameters: Mapping[str, Param | type] | type[Any] | ModelParameters,
+) -> dict[str, Param] | ModelParameters:
+    """The allow-list as `Param`s by name, or a model's parameters (`ikproxy.policy.params`)."""
+    if is_model(parameters):
+        return model_parameters(parameters)  # type: ignore[arg-type]
+    if isinstance(parameters, ModelParameters):
+        return parameters
+    if not isinstance(parameters, Mapping):
+        raise PolicyError(
+            "parameters",
+            f"expected a mapping of names to Params, a pydantic model or a dataclass, "
+            f"not the {type(parameters).__name__} {parameters!r}",
+        )
+    params: dict[str, Param] = {}
+    for name, spec in parameters.items():
+        if isinstance(spec, Param):
+            params[name] = spec
+        elif spec in PARAM_TYPES:
+            params[name] = Param(spec)
+        else:
+            raise PolicyError(
+                "parameters", f"parameter {name!r}: expected a Param or str/int/float/bool"
+            )
+    return params

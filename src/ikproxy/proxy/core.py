@@ -6,10 +6,13 @@ translates the `ProxyResponse` back. All policy lives here: routing, access
 hooks, body limits, parameter validation, content negotiation, and starting
 the run before the status is committed.
 
-Order of checks for `/run`: method (405), authorize (401/403), rate limit
-(429), body size (413), content type (415), parameters and inputs (400/415),
-the active-run cap (429), then the run is submitted (its refusal gives
-400/502/504); only then 200. A shared store that cannot be reached gives 503.
+Order of checks for `/run`: method (405), the site (403 `cross_site`),
+authorize (401/403), body size (413), content type (415), parameters and
+inputs (400/415), the active-run cap (429), the rate limit (429: the run is
+accepted, and takes its token), then the run is submitted (its refusal gives
+400/502/504, and the token back); only then 200. A resume takes a token of
+the resume limit instead, once its run is found. A shared store that cannot
+be reached gives 503. See `ikproxy.proxy.access`.
 """
 
 from __future__ import annotations
@@ -34,13 +37,13 @@ from ikproxy.deployments.scale.storage import Storage
 from ikproxy.errors import HTTPError, RunNotFound, public_error
 from ikproxy.model import Progress
 from ikproxy.policy.config import Policy
-from ikproxy.policy.limits import RateLimiter, SharedTokenBucket, TokenBucket
 from ikproxy.protocol import (
     PROTOCOL_VERSION,
     error_body,
     new_request_id,
     parse_position,
 )
+from ikproxy.proxy.access import Access, with_headers
 from ikproxy.proxy.outputs import Opener, OutputStore, by_reference, serve, storage_opener
 from ikproxy.proxy.parsing import negotiate_format, read_run_request, read_run_request_sync
 from ikproxy.proxy.request import ProxyRequest, RunSpec
@@ -146,7 +149,8 @@ class Proxy:
         self.policy = policy or Policy(**options)
         #: Where runs, rate limits and active-run slots live (`ikproxy.stores`).
         self.store: Store = self.policy.store if self.policy.store is not None else MemoryStore()
-        self._limiter = _limiter_for(self.policy.rate_limit, self.store)
+        #: The site check, the access hooks, the rate limits and CORS (`proxy.access`).
+        self.access = Access(self.policy, self.store)
         window = self.policy.resume_window
         #: The resumable runs, when `resume_window` is set.
         self.runs: RunRegistry | None = (
@@ -180,28 +184,29 @@ class Proxy:
         """Answer one request; hooks may be sync or async. Never raises for bad input."""
         request_id = new_request_id(request.header("x-request-id"))
         try:
-            route = self._route(request)
-            if route is not None:
-                return route
-            await _resolve(self._admit(request))
-            position = self._resume_position(request)
-            if position is not None:
-                return await self._resume(*position, request_id, self._caller_key(request))
-            uploads = UploadDir(self.deployment)
-            try:
-                spec = await read_run_request(request, body, self.policy, request_id, uploads)
-                await resolve_inputs(spec.inputs, self.policy, uploads)
-                key = self._caller_key(request)
-                if inspect.isawaitable(key):
-                    key = await key
-                return await self._start(spec, key, _base(request), uploads)
-            except BaseException:
-                uploads.close()
-                raise
+            response = self._route(request) or await self._run(request, body, request_id)
         except HTTPError as exc:
-            return error_response(exc, request_id)
+            response = error_response(exc, request_id)
         except StoreUnavailable as exc:
-            return error_response(_store_unavailable(exc), request_id)
+            response = error_response(_store_unavailable(exc), request_id)
+        return self._cors(request, response)
+
+    async def _run(
+        self, request: ProxyRequest, body: AsyncIterable[bytes] | None, request_id: str
+    ) -> ProxyResponse:
+        self.access.check_site(request)
+        key = await _value(self.access.admit(request))
+        position = self._resume_position(request)
+        if position is not None:
+            return await self._resume(*position, request_id, key)
+        uploads = UploadDir(self.deployment)
+        try:
+            spec = await read_run_request(request, body, self.policy, request_id, uploads)
+            await resolve_inputs(spec.inputs, self.policy, uploads)
+            return await self._start(spec, key, _base(request), uploads)
+        except BaseException:
+            uploads.close()
+            raise
 
     def handle_sync(
         self, request: ProxyRequest, body: Iterable[bytes] | None = None
@@ -213,37 +218,38 @@ class Proxy:
         """
         request_id = new_request_id(request.header("x-request-id"))
         try:
-            route = self._route(request)
-            if route is not None:
-                return _sync(route)
-            pending = self._admit(request)
-            if inspect.isawaitable(pending):
-                blocking_portal().call(_resolve, pending)
-            position = self._resume_position(request)
-            if position is not None:
-                key = self._caller_key(request)
-                response = blocking_portal().call(self._resume, *position, request_id, key)
-            else:
-                uploads = UploadDir(self.deployment)
-                try:
-                    spec = read_run_request_sync(request, body, self.policy, request_id, uploads)
-                    blocking_portal().call(resolve_inputs, spec.inputs, self.policy, uploads)
-                    key = self._caller_key(request)
-                    response = blocking_portal().call(
-                        self._start_with_key, spec, key, _base(request), uploads
-                    )
-                except BaseException:
-                    uploads.close()
-                    raise
+            response = self._route(request) or self._run_sync(request, body, request_id)
         except HTTPError as exc:
             response = error_response(exc, request_id)
         except StoreUnavailable as exc:
             response = error_response(_store_unavailable(exc), request_id)
-        if isinstance(response.body, bytes):
-            return SyncProxyResponse(response.status, response.headers, response.body)
-        return SyncProxyResponse(
-            response.status, response.headers, iterate_in_portal(response.body)
-        )
+        return _sync(self._cors(request, response))
+
+    def _run_sync(
+        self, request: ProxyRequest, body: Iterable[bytes] | None, request_id: str
+    ) -> ProxyResponse:
+        self.access.check_site(request)
+        key = self.access.admit(request)
+        if inspect.isawaitable(key):
+            key = blocking_portal().call(_value, key)
+        position = self._resume_position(request)
+        if position is not None:
+            return blocking_portal().call(self._resume, *position, request_id, key)
+        uploads = UploadDir(self.deployment)
+        try:
+            spec = read_run_request_sync(request, body, self.policy, request_id, uploads)
+            blocking_portal().call(resolve_inputs, spec.inputs, self.policy, uploads)
+            return blocking_portal().call(self._start, spec, key, _base(request), uploads)
+        except BaseException:
+            uploads.close()
+            raise
+
+    def _cors(self, request: ProxyRequest, response: ProxyResponse) -> ProxyResponse:
+        """`response` with the CORS headers for the request's origin, if it is allowed."""
+        extra = self.access.cors_headers(request)
+        if extra:
+            response.headers = with_headers(response.headers, extra)
+        return response
 
     # -- routing --------------------------------------------------------------
 
@@ -255,6 +261,9 @@ class Proxy:
         allowed = _ALLOWED.get("/outputs/" if output else path)
         if allowed is None:
             raise HTTPError(404, "not_found", f"no such endpoint: {path}")
+        preflight = self.access.preflight(request, allowed) if method == "OPTIONS" else None
+        if preflight is not None:
+            return ProxyResponse(204, preflight)
         if method not in allowed:
             raise HTTPError(
                 405,
@@ -276,91 +285,21 @@ class Proxy:
             200, {"Content-Type": media_type, "Cache-Control": "no-cache"}, _asset(name)
         )
 
-    # -- access -------------------------------------------------------------------
-
-    def _admit(self, request: ProxyRequest) -> Awaitable[None] | None:
-        """Run the authorize hook, then the rate limit; sync hooks run right here."""
-        policy = self.policy
-        verdict: Any = policy.authorize(request.native) if policy.authorize else None
-        if inspect.isawaitable(verdict):
-            return self._admit_after(request, verdict)
-        self._check_verdict(verdict)
-        return self._rate_limit(request)
-
-    async def _admit_after(self, request: ProxyRequest, verdict: Awaitable[Any]) -> None:
-        self._check_verdict(await verdict)
-        await _resolve(self._rate_limit(request))
-
-    @staticmethod
-    def _check_verdict(verdict: Any) -> None:
-        if verdict is False:
-            raise HTTPError(403, "forbidden", "Not allowed.")
-
-    def _rate_limit(self, request: ProxyRequest) -> Awaitable[None] | None:
-        """Take a token for the caller's key; sync hooks and limiters run right here."""
-        limiter = self._limiter
-        if limiter is None:
-            return None
-        key_fn = self.policy.rate_limit_key
-        key: Any = key_fn(request.native) if key_fn else (request.client or "anonymous")
-        if inspect.isawaitable(key):
-            return self._rate_limit_after(limiter, key)
-        wait = limiter.acquire(str(key))
-        if inspect.isawaitable(wait):
-            return self._rate_limit_after(limiter, wait=wait)
-        _check_wait(wait)
-        return None
-
-    @staticmethod
-    async def _rate_limit_after(
-        limiter: RateLimiter, key: Awaitable[Any] | None = None, wait: Any = None
-    ) -> None:
-        if key is not None:
-            wait = limiter.acquire(str(await key))
-        if inspect.isawaitable(wait):
-            wait = await wait
-        _check_wait(wait)
-
-    def _caller_key(self, request: ProxyRequest) -> Any:
-        """The caller's key (maybe awaitable) for the active-run cap and sealed references.
-
-        The rate limit's key; None when there is neither a cap nor a sealer.
-        """
-        if self.active_runs is None and self.sealer is None:
-            return None
-        key_fn = self.policy.rate_limit_key
-        return key_fn(request.native) if key_fn else (request.client or "anonymous")
-
     # -- running ------------------------------------------------------------------
 
-    async def _start_with_key(
-        self, spec: RunSpec, key: Any, base: str, uploads: UploadDir
-    ) -> ProxyResponse:
-        if inspect.isawaitable(key):
-            key = await key
-        return await self._start(spec, key, base, uploads)
-
     async def _start(
-        self, spec: RunSpec, key: Any = None, base: str = "", uploads: UploadDir | None = None
+        self, spec: RunSpec, key: str | None, base: str = "", uploads: UploadDir | None = None
     ) -> ProxyResponse:
-        """Submit the run and wait for its first progress, so a refusal is a real HTTP error.
+        """Accept the run, submit it and wait for its first progress, so a refusal is a real
+        HTTP error.
 
-        The active-run slot and the store's run log are taken first, so that a
-        refusal of either leaves no run behind. The run owns `uploads` (its
-        files): they are removed when its stream ends.
+        Accepting takes an active-run slot, then the rate limit's token, then the
+        store's run log: a refusal of any leaves nothing behind, and a run that
+        fails to start gives its token back. The run owns `uploads` (its files):
+        they are removed when its stream ends.
         """
         policy = self.policy
-        slot = await self.active_runs.acquire(str(key)) if self.active_runs is not None else None
-        try:
-            log = (
-                await self.runs.create(request_id=spec.request_id)
-                if self.runs is not None
-                else None
-            )
-        except BaseException:
-            if slot is not None and self.active_runs is not None:
-                await self.active_runs.release(slot)
-            raise
+        slot, log = await self._accept(spec, key)
         stream = self.deployment.run_stream(
             *spec.inputs, parameters=spec.parameters, task=policy.task, timeout=policy.timeout
         )
@@ -370,6 +309,8 @@ class Proxy:
         try:
             first = await _first(stream, spec.request_id)
         except HTTPError:
+            with contextlib.suppress(StoreUnavailable):
+                await self.access.refund(key)
             if log is not None:
                 with contextlib.suppress(StoreUnavailable):
                     await log.delete()
@@ -378,7 +319,7 @@ class Proxy:
         options = StreamOptions.from_policy(policy, spec.format, spec.request_id)
         if self.sealer is not None and key is not None and first is not None and first.uuid:
             # The upstream keeps the run: its event ids carry a sealed reference to it.
-            body = self._sealed(_prepend(first, stream), first.uuid, str(key), options, 0)
+            body = self._sealed(_prepend(first, stream), first.uuid, key, options, 0)
             return ProxyResponse(200, headers, body)
         if self.runs is not None:
             run = self.runs.start(
@@ -390,6 +331,27 @@ class Proxy:
             body = self._follow(run, options, after=0)
             return ProxyResponse(200, headers, body)
         return ProxyResponse(200, headers, RunStream(_prepend(first, stream), options))
+
+    async def _accept(self, spec: RunSpec, key: str | None) -> tuple[str | None, Any]:
+        """Take the run's active-run slot (429 `too_many_runs`), its token (429
+        `rate_limited`) and its run log, in this order: (slot, log), each None if unused."""
+        active = self.active_runs
+        slot = await active.acquire(str(key)) if active is not None else None
+        charged = False
+        try:
+            await self.access.charge(key)
+            charged = True
+            log = None
+            if self.runs is not None:
+                log = await self.runs.create(request_id=spec.request_id)
+        except BaseException:
+            if charged:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.access.refund(key)
+            if slot is not None and active is not None:
+                await active.release(slot)
+            raise
+        return slot, log
 
     async def _by_reference(
         self, stream: AsyncIterator[Progress], base: str, uploads: UploadDir | None
@@ -445,19 +407,22 @@ class Proxy:
         return position[0], position[1], format
 
     async def _resume(
-        self, token: str, seen: int, format: StreamFormat, request_id: str, key: Any = None
+        self, token: str, seen: int, format: StreamFormat, request_id: str, key: str | None
     ) -> ProxyResponse:
-        """The stream of a run resumed after its first `seen` events, on any instance."""
+        """The stream of a run resumed after its first `seen` events, on any instance.
+
+        Once the run is found (a resume of no run costs nothing), the resume takes
+        a token of the caller's resume limit, not of its run limit.
+        """
         assert self.runs is not None
         options = StreamOptions.from_policy(self.policy, format, request_id)
         if self.sealer is not None and token.startswith(SEALED_PREFIX):
-            if inspect.isawaitable(key):
-                key = await key
             reference = token[len(SEALED_PREFIX) :]
             return await self._resume_sealed(reference, seen, str(key), options)
         run = await self.runs.find(token)
         if run is None:
             raise _gone()
+        await self.access.charge_resume(key)
         body = self._follow(run, options, run.resume_point(seen))
         return ProxyResponse(200, stream_headers(format, request_id), body)
 
@@ -502,6 +467,7 @@ class Proxy:
         except (InvalidReference, ExpiredReference) as exc:
             logger.info("resume refused [request_id=%s]: %s", request_id, exc)
             raise _gone() from None
+        await self.access.charge_resume(caller)
         deployment = cast(SupportsAttach, self.deployment)
         stream = deployment.attach(uuid, task=self.policy.task, timeout=self.policy.timeout)
         stream = self._by_reference(stream, "", None)
@@ -531,9 +497,11 @@ def _base(request: ProxyRequest) -> str:
     return "../" * max(0, ("/" + request.path.lstrip("/")).count("/") - 1)
 
 
-async def _resolve(value: Awaitable[None] | None) -> None:
-    if value is not None:
-        await value
+async def _value(value: Awaitable[T] | T) -> T:
+    """`value`, awaited if it is awaitable."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
 
 
 def _gone() -> HTTPError:
@@ -559,28 +527,10 @@ async def _first(stream: AsyncIterator[Progress], request_id: str) -> Progress |
         raise HTTPError(status, code, message) from None
 
 
-def _limiter_for(limiter: RateLimiter | None, store: Store) -> RateLimiter | None:
-    """The policy's limiter; a `TokenBucket`'s limits held in the store when it is shared."""
-    if store.shared and isinstance(limiter, TokenBucket):
-        return SharedTokenBucket(store, limiter.rate, limiter.burst)
-    return limiter
-
-
 def _store_unavailable(exc: StoreUnavailable) -> HTTPError:
     logger.error("store unavailable: %s", exc)
     status, code, message = public_error(exc)
     return HTTPError(status, code, message, headers={"Retry-After": "1"})
-
-
-def _check_wait(wait: float | None) -> None:
-    if wait is not None:
-        seconds = max(1, int(wait + 0.999))
-        raise HTTPError(
-            429,
-            "rate_limited",
-            f"too many requests: retry in {seconds} s",
-            headers={"Retry-After": str(seconds)},
-        )
 
 
 async def _prepend(

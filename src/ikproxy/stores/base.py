@@ -47,7 +47,7 @@ class Store(Protocol):
 
     Runs: `create_run`, `append_events`, `append_many`, `read_events`, `run_info`, `touch_run`,
     `expire_run`, `delete_run`. Events are numbered from 1 without gaps; an
-    event is a JSON object. Rate limits: `acquire_token`. Active-run caps:
+    event is a JSON object. Rate limits: `acquire_token`, `refund_token`. Active-run caps:
     `acquire_slot`, `renew_slot`, `release_slot`. Leases: `acquire_lease`,
     `renew_lease`, `release_lease`, `lease_owner`. Unreachable stores raise
     `StoreUnavailable`, promptly.
@@ -120,6 +120,12 @@ class Store(Protocol):
         None: go; otherwise the seconds until a token is free.
         """
         ...
+
+    async def refund_token(self, key: str, *, rate: float, burst: int) -> None:
+        """Give back one token taken from `key`'s bucket (its run did not start), atomically.
+
+        The bucket never holds more than `burst` tokens.
+        """
 
     # -- active-run slots ----------------------------------------------------------
 

@@ -152,6 +152,13 @@ class MemoryStore:
         self._buckets[key] = (new_tat, new_tat)
         return None
 
+    async def refund_token(self, key: str, *, rate: float, burst: int) -> None:
+        now = self.clock()
+        held = self._buckets.get(key)
+        if held is not None and held[0] > now:
+            tat = max(held[0] - 1.0 / rate, now)
+            self._buckets[key] = (tat, tat)
+
     # -- active-run slots ----------------------------------------------------------
 
     async def acquire_slot(self, key: str, slot: str, *, limit: int, ttl: float) -> float | None:

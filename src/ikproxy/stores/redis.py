@@ -72,6 +72,19 @@ redis.call('SET', KEYS[1], string.format('%.6f', new_tat),
 return false
 """
 
+_GCRA_REFUND = """
+redis.replicate_commands()  -- Redis 5-6: TIME before writes
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat <= now then return false end
+tat = math.max(tat - 1 / tonumber(ARGV[1]), now)
+if tat <= now then redis.call('DEL', KEYS[1]) return false end
+redis.call('SET', KEYS[1], string.format('%.6f', tat),
+           'PX', math.max(1, math.ceil((tat - now) * 1000)))
+return false
+"""
+
 _ACQUIRE_SLOT = """
 redis.replicate_commands()  -- Redis 5-6: TIME before writes
 local t = redis.call('TIME')
@@ -163,6 +176,7 @@ class _Clients:
         script = self.redis.register_script
         self.append = script(_APPEND)
         self.gcra = script(_GCRA)
+        self.gcra_refund = script(_GCRA_REFUND)
         self.acquire_slot = script(_ACQUIRE_SLOT)
         self.renew_slot = script(_RENEW_SLOT)
         self.acquire_lease = script(_ACQUIRE_LEASE)
@@ -315,6 +329,14 @@ class RedisStore:
                 return None
             raise
         return None if wait is None else float(wait)
+
+    async def refund_token(self, key: str, *, rate: float, burst: int) -> None:
+        try:
+            async with self._guard():
+                await self._c.gcra_refund(keys=[f"{self.prefix}:rate:{key}"], args=[rate])
+        except StoreUnavailable:
+            if not self.fail_open:
+                raise
 
     # -- active-run slots ----------------------------------------------------------
 

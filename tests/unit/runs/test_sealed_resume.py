@@ -102,7 +102,7 @@ def test_the_secret_is_checked_and_never_shown() -> None:
         Sealer(42)  # type: ignore[arg-type]
     assert SECRET.decode() not in repr(Sealer(SECRET))
     assert SECRET.decode() not in repr(Policy(resume_window=5, resume_secret=SECRET))
-    with pytest.raises(ValueError, match="resume_secret needs resume_window"):
+    with pytest.raises(ValueError, match="`resume_secret`: needs resume_window"):
         Policy(resume_secret=SECRET)
 
 

@@ -48,7 +48,8 @@ from django.test import AsyncClient, Client, override_settings
 from django.urls import include, path, reverse
 
 import ikproxy.adapters.django
-from ikproxy.policy import AccessDenied, Param, TokenBucket
+from ikproxy.errors import PolicyError
+from ikproxy.policy import AccessDenied, Param, Policy, TokenBucket
 from tests.support.deployments import ScriptedDeployment
 from tests.support.http import aread_until, error_of, read_until
 
@@ -375,9 +376,72 @@ def test_a_deployment_factory_in_settings_is_called() -> None:
     ],
 )
 def test_bad_settings_are_refused(config: Any, message: str) -> None:
-    with override_settings(IKPROXY=config), pytest.raises(ImproperlyConfigured) as caught:
-        ikproxy.adapters.django.urls()
+    with override_settings(IKPROXY=config):
+        urls = ikproxy.adapters.django.urls()  # the URLconf imports: no traceback there
+        assert [(e.id, e.msg) for e in ikproxy.adapters.django.check_settings()] == (
+            [] if config is None else [(CHECK_IDS[message[:20]], message)]
+        )
+    with pytest.raises(ImproperlyConfigured) as caught:
+        urls.proxy.deployment  # noqa: B018
     assert str(caught.value) == message
+
+
+CHECK_IDS = {"ikproxy.adapters.dja": "ikproxy.E001", "unknown key in setti": "ikproxy.E002"}
+CHECK_IDS["settings.IKPROXY['DE"] = "ikproxy.E003"
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (
+            {"max_active_run": 1},
+            [
+                (
+                    "ikproxy.E006",
+                    "Policy option `max_active_run`: no such option; "
+                    "did you mean `max_active_runs`?",
+                )
+            ],
+        ),
+        (
+            {"rate_limit_key": "3/m", "rate_limit": "3/mn", "keepalive": 0},
+            [
+                (
+                    "ikproxy.E005",
+                    "settings.IKPROXY['POLICY']['rate_limit_key']: '3/m' is not an importable "
+                    "dotted path (3/m doesn't look like a module path)",
+                ),
+            ],
+        ),
+        ({"rate_limit": "3/m", "max_active_runs": 1, "resume_window": 60}, []),
+        (
+            {"rate_limit": "3/mn", "keepalive": 0},
+            [
+                (
+                    "ikproxy.E006",
+                    "Policy option `rate_limit`: invalid rate '3/mn': expected N/unit with "
+                    "N >= 1 and unit one of s, sec, second, m, min, minute, h, hour, d, day "
+                    "(for example '3/minute'); did you mean '3/min'?",
+                ),
+                (
+                    "ikproxy.E006",
+                    "Policy option `keepalive`: must be a positive number of seconds, not 0",
+                ),
+            ],
+        ),
+    ],
+)
+def test_the_system_check_reports_each_policy_problem(
+    policy: dict[str, Any], expected: list[tuple[str, str]]
+) -> None:
+    config = {"DEPLOYMENT": f"{__name__}.SETTINGS_DEPLOYMENT", "POLICY": policy}
+    with override_settings(IKPROXY=config):
+        found = [(e.id, e.msg) for e in ikproxy.adapters.django.check_settings()]
+    assert found == expected
+    if expected and expected[0][0] == "ikproxy.E006":  # the same text as Policy(...) gives
+        with pytest.raises(PolicyError) as caught:
+            Policy(**{k: v for k, v in policy.items() if k != "keepalive" or len(policy) == 1})
+        assert str(caught.value) == expected[0][1]
 
 
 def test_options_without_a_deployment_are_refused() -> None:
