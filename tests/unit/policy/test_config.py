@@ -159,7 +159,7 @@ def test_rates_in_words(text: str, rate: float, burst: int) -> None:
     "text", ["3", "3/", "/m", "0/m", "-1/m", "3/minutes", "3/w", "3.5/m", "3/2m"]
 )
 def test_a_rate_in_other_words_is_refused_exactly(text: str) -> None:
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(ValueError, match="invalid rate") as refused:
         TokenBucket.parse(text)
     assert str(refused.value) == (
         f"invalid rate {text!r}: expected N/unit with N >= 1 and unit one of "
