@@ -119,6 +119,21 @@ async def test_token_bucket_lets_burst_through_then_asks_to_wait(store: Store) -
     assert await store.acquire_token("other", rate=1, burst=5) is None
 
 
+async def test_a_refunded_token_can_be_taken_again_but_never_beyond_the_burst(
+    store: Store,
+) -> None:
+    assert [await store.acquire_token("r", rate=0.001, burst=2) for _ in range(2)] == [None] * 2
+    assert await store.acquire_token("r", rate=0.001, burst=2) is not None
+    await store.refund_token("r", rate=0.001, burst=2)
+    assert await store.acquire_token("r", rate=0.001, burst=2) is None
+    assert await store.acquire_token("r", rate=0.001, burst=2) is not None
+    # Refunds of a full bucket (or of a key never seen) add nothing beyond its burst.
+    for _ in range(3):
+        await store.refund_token("full", rate=0.001, burst=1)
+    assert await store.acquire_token("full", rate=0.001, burst=1) is None
+    assert await store.acquire_token("full", rate=0.001, burst=1) is not None
+
+
 async def test_active_run_slots_are_capped_and_freed(store: Store) -> None:
     assert await store.acquire_slot("c", "a", limit=2, ttl=30) is None
     assert await store.acquire_slot("c", "b", limit=2, ttl=30) is None
