@@ -340,13 +340,80 @@ async def test_413_oversized_body(live: Live) -> None:
     assert response.json()["error"]["code"] == "payload_too_large"
 
 
-async def test_429_after_the_burst(live: Live) -> None:
+async def test_refusals_cost_nothing_and_the_run_past_the_burst_is_429(live: Live) -> None:
     headers = {**AUTH, "X-Client": uuid.uuid4().hex}
-    statuses = [(await _get(live, "/api/run", headers=headers)).status_code for _ in range(4)]
-    assert statuses == [400, 400, 400, 429]
-    limited = await _get(live, "/api/run", headers=headers)
+    refused = [(await _get(live, "/api/run", headers=headers)).status_code for _ in range(4)]
+    assert refused == [400] * 4  # refused for their parameters: no token taken
+    for _ in range(3):  # the burst: three runs
+        async with (
+            live.client() as http,
+            http.stream("GET", "/api/run", params={"prompt": "x"}, headers=headers) as response,
+        ):
+            assert response.status_code == 200
+    limited = await _get(live, "/api/run", params={"prompt": "x"}, headers=headers)
+    assert limited.status_code == 429
     assert limited.json()["error"]["code"] == "rate_limited"
     assert int(limited.headers["retry-after"]) >= 1
+
+
+#: A page of another site, in a browser that holds a session cookie for the proxy's.
+CROSS_SITE = {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}
+COOKIE = {"Cookie": "sessionid=victim-session"}
+
+
+async def test_a_run_from_another_site_is_refused_even_with_a_cookie(live: Live) -> None:
+    runs = live.fake.count("run")
+    headers = {**_fresh(), **COOKIE, **CROSS_SITE}
+    async with live.client() as http:
+        answers = [
+            # A top-level navigation (a link, a form GET): no Origin header.
+            await http.get(
+                "/api/run",
+                params={"prompt": "x"},
+                headers={**_fresh(), **COOKIE, "Sec-Fetch-Site": "cross-site"},
+            ),
+            await http.get("/api/run", params={"prompt": "x"}, headers=headers),
+            await http.post("/api/run", data={"prompt": "x"}, headers=headers),
+            await http.post("/api/run", json={"prompt": "x"}, headers=headers),
+            await http.get("/api/run", headers={**headers, "Last-Event-ID": "some-run:3"}),
+        ]
+    for response in answers:
+        live.record(response, response.content)
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "cross_site"
+        assert "access-control-allow-origin" not in response.headers
+    assert live.fake.count("run") == runs, "a run was started for another site"
+
+
+async def test_the_same_origin_and_an_allowed_origin_run(live: Live) -> None:
+    allowed = {"Sec-Fetch-Site": "cross-site", "Origin": _config.ALLOWED_ORIGIN}
+    async with live.client() as http:
+        preflight = await http.options(
+            "/api/run",
+            headers={
+                "Origin": _config.ALLOWED_ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+        )
+        live.record(preflight, preflight.content)
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == _config.ALLOWED_ORIGIN
+        assert preflight.headers["access-control-allow-methods"] == "GET, POST"
+        assert preflight.headers["access-control-allow-headers"] == "authorization, content-type"
+        same_origin = {**_fresh(), **COOKIE, "Sec-Fetch-Site": "same-origin"}
+        async with http.stream(
+            "GET", "/api/run", params={"prompt": "x"}, headers=same_origin
+        ) as response:
+            assert response.status_code == 200
+            assert "access-control-allow-origin" not in response.headers
+        async with http.stream(
+            "POST", "/api/run", json={"prompt": "x"}, headers={**_fresh(), **COOKIE, **allowed}
+        ) as response:
+            assert response.status_code == 200
+            assert response.headers["access-control-allow-origin"] == _config.ALLOWED_ORIGIN
+            assert response.headers["access-control-allow-credentials"] == "true"
+            assert "X-Request-ID" in response.headers["access-control-expose-headers"]
 
 
 async def test_post_json(live: Live) -> None:

@@ -18,6 +18,8 @@ from ikproxy.policy import AccessDenied, Param, TokenBucket
 FAKE_TOKEN = "conformance-token-5ecret"
 API_KEY = "conformance-key"
 PREFIX = "/api"
+#: The one front end of another site allowed to start runs (CORS).
+ALLOWED_ORIGIN = "https://app.example.com"
 
 
 def _log_ikproxy() -> None:
@@ -58,4 +60,5 @@ def policy() -> dict[str, Any]:
         "max_upload_bytes": 64 * 1024,
         "keepalive": 0.5,
         "timeout": 60.0,
+        "allowed_origins": [ALLOWED_ORIGIN],
     }
