@@ -56,14 +56,16 @@ export declare class StreamError extends IkproxyError {
     code: ErrorCode,
     message: string,
     requestId?: string | null,
-    options?: { status?: number | null; cause?: unknown },
+    options?: { status?: number | null; retryAfter?: number | null; cause?: unknown },
   );
   readonly name: "StreamError";
   code: ErrorCode;
   /** The request id to quote when reporting the error (the detail is in the server log). */
   requestId: string | null;
-  /** The HTTP status when the request was refused before any stream. */
+  /** The HTTP status when the request was refused before any stream (null for an `error` event). */
   status: number | null;
+  /** The seconds the server asked to wait before retrying (its `Retry-After` header), or null. */
+  retryAfter: number | null;
 }
 
 /** A stream that ended or was cut without a terminal `result` or `error` event. */
@@ -281,6 +283,12 @@ export interface RunOptions {
    * event id, when the server keeps runs resumable (default 3; 0 never resumes).
    */
   resume?: number;
+  /**
+   * The longest `Retry-After`, in seconds, that `run()` waits out when a resume is
+   * refused with 429 or 503 (default 30); a longer one rejects with the `StreamError`
+   * at once. Aborting `signal` ends the wait.
+   */
+  maxRetryAfter?: number;
   /** The fetch function to use (default: the global one). */
   fetch?: typeof fetch;
 }

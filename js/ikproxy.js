@@ -35,16 +35,19 @@ export class IkproxyError extends Error {
 
 /**
  * A refused request (HTTP error status, `status` set) or a stream that ended with
- * an `error` event: its `code`, safe `message` and `requestId`.
+ * an `error` event: its `code`, safe `message`, `requestId`, and for a refusal its
+ * `status` and `retryAfter`.
  */
 export class StreamError extends IkproxyError {
-  constructor(code, message, requestId = null, { status = null, cause } = {}) {
+  constructor(code, message, requestId = null, { status = null, retryAfter = null, cause } = {}) {
     super(message, cause === undefined ? undefined : { cause });
     this.name = "StreamError";
     this.code = code;
     this.requestId = requestId;
     /** The HTTP status when the error came as a response before any stream. */
     this.status = status;
+    /** The seconds the server asked to wait before retrying (`Retry-After`), or null. */
+    this.retryAfter = retryAfter;
   }
 
   toString() {
@@ -957,6 +960,15 @@ function formatOf(response) {
   return null;
 }
 
+/** The seconds of a `Retry-After` header (delta-seconds, or an HTTP date), or null. */
+function retryAfterOf(response) {
+  const value = response.headers.get("retry-after");
+  if (value === null) return null;
+  if (/^\s*\d+\s*$/.test(value)) return Number(value);
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? null : Math.max(0, Math.ceil((date - Date.now()) / 1000));
+}
+
 async function httpError(response) {
   let code = "http_error";
   let message = `HTTP ${response.status}`;
@@ -970,7 +982,7 @@ async function httpError(response) {
   } catch {
     // not our JSON error body (a gateway's HTML page, say): keep the status alone
   }
-  return new StreamError(code, message, requestId, { status: response.status });
+  return new StreamError(code, message, requestId, { status: response.status, retryAfter: retryAfterOf(response) });
 }
 
 /**
@@ -1018,8 +1030,11 @@ function baseUrl() {
  * (`Authorization`, say). `format` picks SSE (default) or NDJSON.
  *
  * When the server keeps runs resumable (its `resume_window`), a stream cut by a
- * lost connection is resumed from its last event id, up to `resume` times (3 by
- * default), with the same headers; `onProgress` simply goes on.
+ * lost connection is resumed from its last event id (sent as the `Last-Event-ID`
+ * header), up to `resume` times (3 by default), with the same headers; `onProgress`
+ * simply goes on. A resume refused with 429 or 503 and a `Retry-After` of at most
+ * `maxRetryAfter` seconds (30) is tried again once that time has passed; aborting
+ * `signal` ends the wait.
  */
 export async function run(url, params = {}, options = {}) {
   const {
@@ -1029,6 +1044,7 @@ export async function run(url, params = {}, options = {}) {
     image = null,
     headers = {},
     resume = 3,
+    maxRetryAfter = 30,
     fetch: fetchImpl = globalThis.fetch,
   } = options;
   checkFormat(format);
@@ -1069,24 +1085,55 @@ export async function run(url, params = {}, options = {}) {
     }
   };
   let response = await send(target.href, init);
+  let position = null; // the last event seen, once a stream was cut: where to resume
   for (let attempt = 1; ; attempt++) {
     const reader = new Reader();
     try {
       return await consumeResponse(response, onProgress, reader);
     } catch (error) {
-      const position = reader.lastId;
-      if (!(error instanceof IncompleteStream) || !isResumePosition(position) || attempt > resume || signal?.aborted) {
-        throw error;
-      }
+      if (isResumePosition(reader.lastId)) position = reader.lastId;
+      const delay = resumeDelay(error, position, attempt, maxRetryAfter);
+      if (delay === null || attempt > resume || signal?.aborted) throw error;
+      await sleep(delay, signal);
       // Resume: a GET naming the last event seen; the server replays what followed.
-      await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** (attempt - 1)));
-      const again = new URL(target.href);
-      again.searchParams.set("last_event_id", position);
       const resumeHeaders = { ...init.headers, "Last-Event-ID": position };
       delete resumeHeaders["Content-Type"];
-      response = await send(again.href, { method: "GET", signal, headers: resumeHeaders });
+      response = await send(target.href, { method: "GET", signal, headers: resumeHeaders });
     }
   }
+}
+
+/**
+ * How long to wait before resuming after `error` (ms), or null not to resume: a
+ * stream cut after a resumable event (a short backoff), or a resume refused with
+ * 429/503 and a `Retry-After` within `maxRetryAfter` seconds (that long).
+ */
+function resumeDelay(error, position, attempt, maxRetryAfter) {
+  if (position === null) return null;
+  if (error instanceof IncompleteStream) return 100 * 2 ** (attempt - 1);
+  const refused = error instanceof StreamError && (error.status === 429 || error.status === 503);
+  if (!refused || error.retryAfter === null || error.retryAfter > maxRetryAfter) return null;
+  return error.retryAfter * 1000;
+}
+
+/** Wait `ms`; rejects with the abort reason as soon as `signal` aborts. */
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const aborted = () => signal.reason ?? new DOMException("The operation was aborted.", "AbortError");
+    if (signal?.aborted) {
+      reject(aborted());
+      return;
+    }
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(aborted());
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
 }
 
 // -- a smooth progress estimate, for progress bars ---------------------------------

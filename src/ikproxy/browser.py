@@ -11,8 +11,11 @@ event raises `IncompleteStream`. Every function has a `_sync` twin.
 
 from __future__ import annotations
 
+import email.utils
 import inspect
 import json
+import math
+import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Union
 
@@ -274,6 +277,20 @@ def _format_of(response: httpx.Response) -> Format | None:
     return None
 
 
+def _retry_after(response: httpx.Response) -> float | None:
+    """The seconds of a `Retry-After` header (delta-seconds, or an HTTP date), or None."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        date = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, math.ceil(date.timestamp() - time.time()))
+
+
 def _http_error(response: httpx.Response, body: bytes) -> StreamError:
     try:
         error = json.loads(body)["error"]
@@ -282,7 +299,13 @@ def _http_error(response: httpx.Response, body: bytes) -> StreamError:
     except (ValueError, KeyError, TypeError):
         code, message, request_id = "http_error", f"HTTP {response.status_code}", None
     request_id = request_id if isinstance(request_id, str) else None
-    return StreamError(code, message, request_id, status_code=response.status_code)
+    return StreamError(
+        code,
+        message,
+        request_id,
+        status_code=response.status_code,
+        retry_after=_retry_after(response),
+    )
 
 
 async def process_streaming_response(
@@ -418,13 +441,34 @@ def _build(
 def _resume_request(
     http: httpx.Client | httpx.AsyncClient, request: httpx.Request, last_id: str
 ) -> httpx.Request:
+    """A GET of the run request's URL naming the last event seen in `Last-Event-ID`."""
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _BODY_HEADERS}
     headers["Last-Event-ID"] = last_id
-    url = request.url.copy_merge_params({"last_event_id": last_id})
-    return http.build_request("GET", url, headers=headers)
+    return http.build_request("GET", request.url, headers=headers)
 
 
-_BODY_HEADERS = {"content-type", "content-length", "transfer-encoding"}
+def _resume_delay(
+    error: IkproxyError, position: str | None, attempt: int, max_retry_after: float
+) -> float | None:
+    """Seconds to wait before resuming after `error`, or None not to resume.
+
+    A stream cut after a resumable event: a short backoff. A resume refused with
+    429 or 503 and a `Retry-After` of at most `max_retry_after` seconds: that long.
+    """
+    if position is None:
+        return None
+    if isinstance(error, IncompleteStream):
+        return 0.1 * 2.0**attempt
+    if not isinstance(error, StreamError) or error.status_code not in (429, 503):
+        return None
+    if error.retry_after is None or error.retry_after > max_retry_after:
+        return None
+    return error.retry_after
+
+
+#: The headers of the run request a resume does not repeat (it has no body; it names its own
+#: last event).
+_BODY_HEADERS = {"content-type", "content-length", "transfer-encoding", "last-event-id"}
 
 
 async def run(
@@ -436,6 +480,7 @@ async def run(
     format: Format | None = None,
     on_progress: OnProgress | None = None,
     resume: int = 3,
+    max_retry_after: float = 30.0,
     client: httpx.AsyncClient | None = None,
 ) -> Results:
     """Run a job through an ikproxy endpoint: the twin of the browser module's `run()`.
@@ -443,7 +488,9 @@ async def run(
     Plain `params` go in a GET query string; with an `image` (bytes, or a
     `(filename, bytes)` pair) the request is a multipart POST. When the server
     keeps runs resumable, a stream cut by a lost connection is resumed from its
-    last event id, up to `resume` times.
+    last event id (the `Last-Event-ID` header), up to `resume` times; a resume
+    refused with 429 or 503 and a `Retry-After` of at most `max_retry_after`
+    seconds is tried again once that time has passed (cancel the task to stop).
     """
     import httpx
 
@@ -451,6 +498,7 @@ async def run(
     http = client or httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
     try:
         request = _build(http, url, params, image, headers, format)
+        position: str | None = None
         for attempt in range(resume + 1):
             reader = _Reader()
             try:
@@ -460,13 +508,16 @@ async def run(
             try:
                 results = await _consume(response, reader, on_progress)
                 return _bind_refs(results, response, _Fetcher(None if own else http))
-            except IncompleteStream:
-                if attempt == resume or not _is_resume_position(reader.last_id):
+            except (IncompleteStream, StreamError) as exc:
+                if _is_resume_position(reader.last_id):
+                    position = reader.last_id
+                delay = _resume_delay(exc, position, attempt, max_retry_after)
+                if attempt == resume or delay is None or position is None:
                     raise
-                request = _resume_request(http, request, reader.last_id or "")
-                await anyio.sleep(0.1 * 2**attempt)
+                request = _resume_request(http, request, position)
             finally:
                 await response.aclose()
+            await anyio.sleep(delay)
         raise AssertionError("unreachable")
     finally:
         if own:
@@ -482,17 +533,17 @@ def run_sync(
     format: Format | None = None,
     on_progress: OnProgress | None = None,
     resume: int = 3,
+    max_retry_after: float = 30.0,
     client: httpx.Client | None = None,
 ) -> Results:
     """The sync twin of `run`, on an `httpx.Client`."""
-    import time
-
     import httpx
 
     own = client is None
     http = client or httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0))
     try:
         request = _build(http, url, params, image, headers, format)
+        position: str | None = None
         for attempt in range(resume + 1):
             reader = _Reader()
             try:
@@ -502,13 +553,16 @@ def run_sync(
             try:
                 results = _consume_sync(response, reader, on_progress)
                 return _bind_refs(results, response, _Fetcher(sync_client=None if own else http))
-            except IncompleteStream:
-                if attempt == resume or not _is_resume_position(reader.last_id):
+            except (IncompleteStream, StreamError) as exc:
+                if _is_resume_position(reader.last_id):
+                    position = reader.last_id
+                delay = _resume_delay(exc, position, attempt, max_retry_after)
+                if attempt == resume or delay is None or position is None:
                     raise
-                request = _resume_request(http, request, reader.last_id or "")
-                time.sleep(0.1 * 2**attempt)  # backoff before reconnecting
+                request = _resume_request(http, request, position)
             finally:
                 response.close()
+            time.sleep(delay)  # a backoff, or the Retry-After, before resuming
         raise AssertionError("unreachable")
     finally:
         if own:

@@ -89,7 +89,10 @@ def create_test_app() -> Starlette:
     * `/truncated.sse`, `/truncated.ndjson`: 200 streams cut before a terminal event;
     * `/shared/`, `/plain/`: the example pages, which load `/api/ikproxy.js`;
     * `/resumable/run`: the demo's `generate` with resumable runs, behind a cutter that
-      drops the connection of every new run after its third event.
+      drops the connection of every new run after its third event;
+    * `/throttled/run`: the same, with a resume limit of one every 2 s (one at once),
+      which `POST /throttled/drain` spends for the caller, so that its next resume is
+      refused 429 with a `Retry-After`.
     """
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -132,6 +135,21 @@ def create_test_app() -> Starlette:
     resumable = create_app(
         demo, task="generate", parameters={"prompt": str}, rate_limit=unlimited, resume_window=30
     )
+    resumes = TokenBucket(rate=0.5, burst=1)
+    throttled = create_app(
+        demo,
+        task="generate",
+        parameters={"prompt": str},
+        rate_limit=unlimited,
+        resume_window=30,
+        resume_rate_limit=resumes,
+    )
+
+    async def drain(request: Request) -> Response:
+        key = "resume:" + (request.client.host if request.client else "anonymous")
+        while resumes.acquire(key) is None:
+            pass
+        return Response(status_code=204)
 
     def cut(body: bytes, media_type: str) -> Any:
         async def endpoint(request: Request) -> Response:
@@ -154,6 +172,8 @@ def create_test_app() -> Starlette:
             ),
             Mount("/fail", app=fail),
             Mount("/resumable", app=_CutAfterEvents(resumable, 3)),
+            Route("/throttled/drain", drain, methods=["POST"]),
+            Mount("/throttled", app=_CutAfterEvents(throttled, 3)),
             Mount("/answer", app=answers),
             Mount("/api/edges", app=edges),
             Mount("/api", app=generate),
@@ -164,7 +184,7 @@ def create_test_app() -> Starlette:
 class _CutAfterEvents:
     """ASGI middleware: drops the connection of a new run's stream after `count` events.
 
-    A request that resumes a run (it names a `last_event_id`) is passed through.
+    A request that resumes a run (it names a `Last-Event-ID`) is passed through.
     """
 
     def __init__(self, app: Any, count: int) -> None:
@@ -172,7 +192,8 @@ class _CutAfterEvents:
         self.count = count
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or b"last_event_id" in scope.get("query_string", b""):
+        headers = dict(scope.get("headers", [])) if scope["type"] == "http" else {}
+        if scope["type"] != "http" or b"last-event-id" in headers:
             await self.app(scope, receive, send)
             return
         seen = 0

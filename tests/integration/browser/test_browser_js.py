@@ -54,6 +54,7 @@ def js(page: Page, body: str, arg: Any = None) -> Any:
         const failure = (e) => ({{
             failed: true, name: e.name, code: e.code ?? null, message: e.message,
             requestId: e.requestId ?? null, status: e.status ?? null,
+            retryAfter: e.retryAfter ?? null,
             isIkproxyError: e instanceof ik.IkproxyError,
             isStreamError: e instanceof ik.StreamError,
             isIncomplete: e instanceof ik.IncompleteStream,
@@ -629,7 +630,7 @@ def test_run_resumes_a_resumable_run_after_a_lost_connection(page: Page) -> None
         """,
     )
     assert len(out["fetches"]) == 2
-    assert "last_event_id=" in out["fetches"][1]
+    assert "last_event_id" not in out["fetches"][1]  # the Last-Event-ID header says it
     fractions = [f for _, f in out["states"] if f is not None]
     assert fractions == sorted(fractions)  # nothing replayed twice, nothing lost
     assert len(out["states"]) == len({tuple(s) for s in out["states"]})
@@ -637,3 +638,85 @@ def test_run_resumes_a_resumable_run_after_a_lost_connection(page: Page) -> None
     assert out["outputs"] == 1
     assert out["width"] == 512
     assert out["cut"] == ["IncompleteStream"]
+
+
+#: In the page: `fetch` that records each request's URL, `Last-Event-ID` and answer.
+RECORDING_FETCH = """
+    const seen = [];
+    const started = performance.now();
+    const recording = async (url, init) => {
+        const response = await fetch(url, init);
+        seen.push({url: String(url), lastEventId: init.headers["Last-Event-ID"] ?? null,
+                   status: response.status, at: performance.now() - started,
+                   retryAfter: response.headers.get("retry-after")});
+        return response;
+    };
+    await fetch("/throttled/drain", {method: "POST"});  // the next resume is refused
+"""
+
+
+def test_run_waits_out_retry_after_on_a_refused_resume_then_resumes(page: Page) -> None:
+    out = js(
+        page,
+        RECORDING_FETCH
+        + """
+        const states = [];
+        const results = await ik.run("/throttled/run", {prompt: "a lighthouse"},
+            {fetch: recording, onProgress: (p) => states.push(p.fraction)});
+        return {seen, states, outputs: results.getOutputs().length,
+                done: performance.now() - started};
+        """,
+    )
+    statuses = [s["status"] for s in out["seen"]]
+    assert statuses == [200, 429, 200], out["seen"]
+    first, refused, resumed = out["seen"]
+    assert first["lastEventId"] is None
+    assert refused["lastEventId"] == resumed["lastEventId"] is not None
+    assert all("last_event_id" not in s["url"] for s in out["seen"])
+    retry_after = int(refused["retryAfter"])
+    assert retry_after >= 1
+    assert resumed["at"] - refused["at"] >= retry_after * 1000 - 50  # it waited, not polled
+    fractions = [f for f in out["states"] if f is not None]
+    assert fractions == sorted(fractions)  # the resume went on where the stream was cut
+    assert out["outputs"] == 1
+
+
+def test_the_wait_for_retry_after_ends_when_the_signal_aborts(page: Page) -> None:
+    out = js(
+        page,
+        RECORDING_FETCH
+        + """
+        const controller = new AbortController();
+        const aborting = async (url, init) => {
+            const response = await recording(url, init);
+            if (response.status === 429) setTimeout(() => controller.abort(), 100);
+            return response;
+        };
+        try {
+            await ik.run("/throttled/run", {prompt: "x"}, {fetch: aborting,
+                signal: controller.signal});
+        } catch (e) {
+            return {name: e.name, seen, after: performance.now() - started - seen.at(-1).at};
+        }
+        return {name: "resolved", seen};
+        """,
+    )
+    assert out["name"] == "AbortError"
+    assert [s["status"] for s in out["seen"]] == [200, 429]
+    assert out["after"] < 900  # rejected at the abort, not after the Retry-After
+
+
+def test_a_retry_after_beyond_the_bound_rejects_with_every_field(page: Page) -> None:
+    out = js(
+        page,
+        RECORDING_FETCH
+        + """
+        await ik.run("/throttled/run", {prompt: "x"}, {fetch: recording, maxRetryAfter: 0.5});
+        """,
+    )
+    assert out["failed"] is True
+    assert out["isStreamError"] is True
+    assert (out["status"], out["code"]) == (429, "rate_limited")
+    assert out["retryAfter"] >= 1
+    assert isinstance(out["requestId"], str)
+    assert out["requestId"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -70,3 +72,37 @@ def test_an_unreachable_server_is_a_network_error() -> None:
     with pytest.raises(StreamError) as caught:
         run_sync(f"http://127.0.0.1:{free_port()}/api/run", {"prompt": "x"})
     assert caught.value.code == "network_error"
+
+
+def _drain(base_url: str) -> None:
+    """Spend the caller's resume limit on the test app: its next resume is refused 429."""
+    assert httpx.post(f"{base_url}/throttled/drain").status_code == 204
+
+
+def test_run_sync_waits_out_retry_after_on_a_refused_resume(base_url: str) -> None:
+    answers: list[tuple[int, str | None, float]] = []
+
+    def record(response: httpx.Response) -> None:
+        given = response.request.headers.get("last-event-id")
+        answers.append((response.status_code, given, time.monotonic()))
+
+    _drain(base_url)
+    with httpx.Client(event_hooks={"response": [record]}) as http:
+        results = run_sync(f"{base_url}/throttled/run", {"prompt": "a lake"}, client=http)
+    assert [status for status, _, _ in answers] == [200, 429, 200]
+    assert answers[0][1] is None
+    assert answers[1][1] == answers[2][1] is not None  # resumed from the same event
+    assert answers[2][2] - answers[1][2] >= 0.95  # waited the Retry-After (>= 1 s)
+    assert len(results) == 1
+
+
+@pytest.mark.anyio
+async def test_a_retry_after_beyond_the_bound_raises_with_every_field(base_url: str) -> None:
+    _drain(base_url)
+    with pytest.raises(StreamError) as caught:
+        await run(f"{base_url}/throttled/run", {"prompt": "x"}, max_retry_after=0.5)
+    error = caught.value
+    assert (error.status_code, error.code) == (429, "rate_limited")
+    assert error.retry_after is not None
+    assert error.retry_after >= 1
+    assert error.request_id
