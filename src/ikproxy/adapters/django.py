@@ -232,7 +232,7 @@ def _from_settings() -> tuple[Deployment, dict[str, Any]]:
         deployment = deployment()
     if not isinstance(deployment, Deployment):
         raise ImproperlyConfigured(
-            "settings.IKPROXY['DEPLOYMENT'] is not a deployment (an object with run_stream)"
+            "settings.IKPROXY['DEPLOYMENT'] is not a deployment (an object with run_stream and run)"
         )
     return deployment, options
 
@@ -263,7 +263,7 @@ def _problems() -> tuple[list[tuple[str, str]], Any, dict[str, Any]]:
         problems.append(
             (
                 "E003",
-                "settings.IKPROXY['DEPLOYMENT'] is not a deployment (an object with run_stream)",
+                "settings.IKPROXY['DEPLOYMENT'] is not a deployment (an object with run_stream and run)",
             )
         )
     raw = config.get("POLICY") or {}
@@ -276,8 +276,7 @@ def _problems() -> tuple[list[tuple[str, str]], Any, dict[str, Any]]:
         if isinstance(value, str) and not (key.endswith("rate_limit") and "/" in value):
             where = f"settings.IKPROXY['POLICY']['{key}']"
             options[key] = _import_setting(where, value, problems)
-    if not any(code == "E005" for code, _ in problems):
-        problems += [("E006", str(problem)) for problem in policy_problems(options)]
+    problems += [("E006", str(problem)) for problem in policy_problems(options)]
     return problems, deployment, options
 
 

@@ -371,7 +371,7 @@ def test_a_deployment_factory_in_settings_is_called() -> None:
         ),
         (
             {"DEPLOYMENT": 42},
-            "settings.IKPROXY['DEPLOYMENT'] is not a deployment (an object with run_stream)",
+            "settings.IKPROXY['DEPLOYMENT'] is not a deployment (an object with run_stream and run)",
         ),
     ],
 )
@@ -410,6 +410,16 @@ CHECK_IDS["settings.IKPROXY['DE"] = "ikproxy.E003"
                     "ikproxy.E005",
                     "settings.IKPROXY['POLICY']['rate_limit_key']: '3/m' is not an importable "
                     "dotted path (3/m doesn't look like a module path)",
+                ),
+                (
+                    "ikproxy.E006",
+                    "Policy option `rate_limit`: invalid rate '3/mn': expected N/unit with "
+                    "N >= 1 and unit one of s, sec, second, m, min, minute, h, hour, d, day "
+                    "(for example '3/minute'); did you mean '3/min'?",
+                ),
+                (
+                    "ikproxy.E006",
+                    "Policy option `keepalive`: must be a positive number of seconds, not 0",
                 ),
             ],
         ),
