@@ -75,6 +75,9 @@ __all__ = ["IkproxyConfig", "ProxyURLs", "check_settings", "urls"]
 _CHUNK = 64 * 1024
 _SETTINGS_KEYS = ("DEPLOYMENT", "POLICY")
 _IMPORTABLE = ("authorize", "rate_limit", "resume_rate_limit", "rate_limit_key", "store")
+_NOT_A_DEPLOYMENT = (
+    "settings.IKPROXY['DEPLOYMENT'] is not a deployment (an object with run_stream and run)"
+)
 #: Where the ASGI branch keeps the rate-limit key computed in Django's sync thread.
 _KEY_ATTRIBUTE = "_ikproxy_rate_limit_key"
 
@@ -231,9 +234,7 @@ def _from_settings() -> tuple[Deployment, dict[str, Any]]:
     if not isinstance(deployment, Deployment) and callable(deployment):
         deployment = deployment()
     if not isinstance(deployment, Deployment):
-        raise ImproperlyConfigured(
-            "settings.IKPROXY['DEPLOYMENT'] is not a deployment (an object with run_stream and run)"
-        )
+        raise ImproperlyConfigured(_NOT_A_DEPLOYMENT)
     return deployment, options
 
 
@@ -260,12 +261,7 @@ def _problems() -> tuple[list[tuple[str, str]], Any, dict[str, Any]]:
         and not isinstance(deployment, Deployment)
         and not callable(deployment)
     ):
-        problems.append(
-            (
-                "E003",
-                "settings.IKPROXY['DEPLOYMENT'] is not a deployment (an object with run_stream and run)",
-            )
-        )
+        problems.append(("E003", _NOT_A_DEPLOYMENT))
     raw = config.get("POLICY") or {}
     if not isinstance(raw, Mapping):
         problems.append(("E004", "settings.IKPROXY['POLICY'] is not a mapping of Policy options"))
