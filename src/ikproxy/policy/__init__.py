@@ -2,14 +2,16 @@
 
 `Policy` gathers the options (`ikproxy.policy.config`); `Param` and models
 declare the parameters (`ikproxy.policy.params`); `TokenBucket` limits the
-rate of runs (`ikproxy.policy.limits`). `HTTPError` and `AccessDenied` live
-with every other error in `ikproxy.errors` and are re-exported here.
+rate of runs (`ikproxy.policy.limits`, with rates in words: `"3/minute"`);
+`ikproxy.policy.checks` checks each option when a policy is made. `HTTPError`,
+`AccessDenied` and `PolicyError` live with every other error in
+`ikproxy.errors` and are re-exported here.
 """
 
 from __future__ import annotations
 
-from ikproxy.errors import AccessDenied, HTTPError
-from ikproxy.policy.config import Authorize, Policy
+from ikproxy.errors import AccessDenied, HTTPError, PolicyError
+from ikproxy.policy.config import Authorize, Policy, policy_problems
 from ikproxy.policy.limits import RateLimiter, SharedTokenBucket, TokenBucket
 from ikproxy.policy.params import Param
 
@@ -19,7 +21,9 @@ __all__ = [
     "HTTPError",
     "Param",
     "Policy",
+    "PolicyError",
     "RateLimiter",
     "SharedTokenBucket",
     "TokenBucket",
+    "policy_problems",
 ]

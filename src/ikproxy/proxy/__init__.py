@@ -1,6 +1,8 @@
 """The server side, framework-neutral: from a request description to a response.
 
 `core` holds `Proxy`, which applies the policy and answers every endpoint;
+`access` says who may ask for a run and what it costs (the site check, the
+hooks, the rate limits, CORS);
 `request` describes a request and reads its body; `parsing` turns a run
 request into inputs and parameters, with `multipart` reading forms as they
 arrive; `stream` encodes a run as SSE or NDJSON; `uploads`, `images` and
