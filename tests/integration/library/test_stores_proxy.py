@@ -265,5 +265,5 @@ def test_max_active_runs_in_one_process_without_a_store() -> None:
 def test_max_active_runs_must_be_positive() -> None:
     from ikproxy.policy import Policy
 
-    with pytest.raises(ValueError, match="max_active_runs must be at least 1"):
+    with pytest.raises(ValueError, match=r"`max_active_runs`: must be at least 1, not 0$"):
         Policy(max_active_runs=0)
