@@ -50,6 +50,7 @@ from ikproxy.proxy.request import ProxyRequest, RunSpec
 from ikproxy.proxy.stream import RunStream, StreamFormat, StreamOptions, stream_headers
 from ikproxy.proxy.uploads import UploadDir, resolve_inputs
 from ikproxy.runs.caps import ActiveRuns
+from ikproxy.runs.log import RunLog
 from ikproxy.runs.ownership import Attach
 from ikproxy.runs.registry import Followable, RunRegistry
 from ikproxy.runs.sealed import SEALED_PREFIX, ExpiredReference, InvalidReference, Sealer
@@ -194,6 +195,8 @@ class Proxy:
     async def _run(
         self, request: ProxyRequest, body: AsyncIterable[bytes] | None, request_id: str
     ) -> ProxyResponse:
+        """A `/run` request: the site check, the hooks (the caller's key, once), then a resume
+        or a new run."""
         self.access.check_site(request)
         key = await _value(self.access.admit(request))
         position = self._resume_position(request)
@@ -228,6 +231,7 @@ class Proxy:
     def _run_sync(
         self, request: ProxyRequest, body: Iterable[bytes] | None, request_id: str
     ) -> ProxyResponse:
+        """`_run` from a sync caller: the hooks here, what is async through the portal."""
         self.access.check_site(request)
         key = self.access.admit(request)
         if inspect.isawaitable(key):
@@ -332,7 +336,7 @@ class Proxy:
             return ProxyResponse(200, headers, body)
         return ProxyResponse(200, headers, RunStream(_prepend(first, stream), options))
 
-    async def _accept(self, spec: RunSpec, key: str | None) -> tuple[str | None, Any]:
+    async def _accept(self, spec: RunSpec, key: str | None) -> tuple[str | None, RunLog | None]:
         """Take the run's active-run slot (429 `too_many_runs`), its token (429
         `rate_limited`) and its run log, in this order: (slot, log), each None if unused."""
         active = self.active_runs
@@ -341,7 +345,7 @@ class Proxy:
         try:
             await self.access.charge(key)
             charged = True
-            log = None
+            log: RunLog | None = None
             if self.runs is not None:
                 log = await self.runs.create(request_id=spec.request_id)
         except BaseException:
