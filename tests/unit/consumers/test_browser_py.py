@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -171,6 +173,50 @@ async def test_streaming_response_reads_http_errors() -> None:
         "r9",
     )
     assert caught.value.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "seconds"),
+    [
+        ("7", 7.0),
+        (" 0 ", 0.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date in the past: now
+        ("soon", None),
+        (None, None),
+    ],
+)
+def test_a_refusal_carries_its_retry_after_in_seconds(
+    retry_after: str | None, seconds: float | None
+) -> None:
+    body = {"error": {"code": "rate_limited", "message": "later", "request_id": "r1"}}
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, json=body, headers=headers)
+
+    with (
+        httpx.Client(transport=httpx.MockTransport(handler)) as http,
+        pytest.raises(StreamError) as caught,
+    ):
+        process_streaming_response_sync(http.get("http://x/run"))
+    error = caught.value
+    assert (error.status_code, error.code, error.request_id) == (429, "rate_limited", "r1")
+    assert error.retry_after == seconds
+
+
+def test_a_retry_after_date_in_the_future_counts_the_seconds_to_it() -> None:
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, json={}, headers={"Retry-After": when})
+
+    with (
+        httpx.Client(transport=httpx.MockTransport(handler)) as http,
+        pytest.raises(StreamError) as caught,
+    ):
+        process_streaming_response_sync(http.get("http://x/run"))
+    assert caught.value.retry_after is not None
+    assert 28 <= caught.value.retry_after <= 31
 
 
 def test_streaming_response_sync_with_a_non_json_error_page() -> None:
