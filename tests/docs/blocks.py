@@ -82,6 +82,21 @@ def blocks_of(page: str, root: Path = ROOT) -> list[Block]:
     return found
 
 
+def section_after(block: Block, root: Path = ROOT) -> str:
+    """The text of `block`'s page from the block to the next heading (outside any fence)."""
+    lines = (root / block.page).read_text(encoding="utf-8").splitlines()[block.line - 1 :]
+    fence = None
+    for count, line in enumerate(lines):
+        opening = re.match(r"^\s*(`{3,}|~{3,})", line)
+        if opening and fence is None:
+            fence = opening[1]
+        elif opening and line.strip().startswith(fence or "\0"):
+            fence = None
+        elif fence is None and re.match(r"^#{1,6} ", line):
+            return "\n".join(lines[:count])
+    return "\n".join(lines)
+
+
 def all_blocks(root: Path = ROOT) -> list[Block]:
     """Every fenced block of every page."""
     return [block for page in pages(root) for block in blocks_of(page, root)]

@@ -17,8 +17,9 @@ What the docs take for granted (`world.py`): a demo server for `127.0.0.1:8000`,
 fake SCALE server (`python -m ikproxy.testing`) for any `https://*.scale.ikomia.ai`
 endpoint, and `pyblocks.GIVENS` for the reader's own objects (`deployment`...).
 
-**When a block cannot run here**, add it to one of the two lists below, with its
-reason, in a word: the test then still parses it and checks its imports.
+**When a block cannot run here**, add it to one of the two lists below: its id, then
+a piece of its code (so that an id that shifts to another block fails) and the reason.
+The test then still parses it and checks its imports.
 
 * `SKIP`: blocks that need what a test must not use: the network, a SCALE account.
   A SCALE block should rather run against the fake (it does, as written, when its
@@ -27,8 +28,8 @@ reason, in a word: the test then still parses it and checks its imports.
   compiled, their imports checked, their names looked up on the page and in `GIVENS`,
   the attributes they read from a given object checked.
 
-An entry that names no block fails `test_the_lists_name_blocks`: ids shift when a
-block is added above, so the lists are checked on every run.
+An entry whose block is gone, or whose id now names a block without that code (a
+block was added above it), fails `test_the_lists_name_blocks`.
 """
 
 from __future__ import annotations
@@ -41,21 +42,30 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.blocks import Block, all_blocks, blocks_of
+from tests.docs.blocks import Block, all_blocks, blocks_of, section_after
 from tests.docs.htmlblocks import check_html
 from tests.docs.pyblocks import PythonPage, check_imports
 from tests.docs.shblocks import ShellPage
-from tests.docs.world import World, world
+from tests.docs.world import SCALE_ENDPOINT, World, world
 
-#: Blocks not run, by id: what they need that a test must not use.
-SKIP: dict[str, str] = {
-    "docs/guides/inputs-and-outputs.md#1": "fetches https://example.com/clip.mp4 (the network)",
-    "docs/guides/inputs-and-outputs.md#3": "fetches a URL of the reader's (the network)",
+#: Blocks not run: id -> (a piece of the block's code, what it needs that a test must not use).
+SKIP: dict[str, tuple[str, str]] = {
+    "docs/guides/inputs-and-outputs.md#1": (
+        'client.run("https://example.com/clip.mp4")',
+        "fetches https://example.com/clip.mp4 (the network)",
+    ),
+    "docs/guides/inputs-and-outputs.md#3": (
+        "await fetch_url(url,",
+        "fetches a URL of the reader's (the network)",
+    ),
 }
 
-#: Python blocks only compiled and checked, by id: why they cannot run alone.
-FRAGMENTS: dict[str, str] = {
-    "docs/guides/testing.md#4": "waits for polls of a client the excerpt leaves out",
+#: Python blocks only compiled and checked: id -> (a piece of the code, why it cannot run alone).
+FRAGMENTS: dict[str, tuple[str, str]] = {
+    "docs/guides/testing.md#4": (
+        'await fake.wait_for("poll", count=2)',
+        "waits for the polls of a client the excerpt leaves out",
+    ),
 }
 
 BLOCKS = [block for block in all_blocks() if block.kind]
@@ -158,13 +168,28 @@ def test_block_runs_as_written(block: Block, docs: Docs) -> None:
     if block.id in SKIP:
         if block.kind == "python":
             check_imports(docs.python_page(block.page).parse(block))
-        pytest.skip(SKIP[block.id])
+        pytest.skip(SKIP[block.id][1])
     docs.run(block)
 
 
 def test_the_lists_name_blocks() -> None:
     ids = {block.id: block for block in BLOCKS}
-    stale = [name for name in [*SKIP, *FRAGMENTS] if name not in ids]
-    assert not stale, f"SKIP or FRAGMENTS name no block: {stale}"
+    entries = {**SKIP, **FRAGMENTS}
+    stale = [
+        name
+        for name, (code, _) in entries.items()
+        if code not in getattr(ids.get(name), "code", "")
+    ]
+    assert not stale, f"SKIP or FRAGMENTS name no block with their code: {stale}"
     not_python = [name for name in FRAGMENTS if ids[name].kind != "python"]
     assert not not_python, f"FRAGMENTS are Python blocks: {not_python}"
+
+
+def test_scale_blocks_say_how_to_run_on_the_fake() -> None:
+    """A block on a SCALE endpoint is followed, in its section, by how to run it on the fake."""
+    silent = [
+        block.id
+        for block in BLOCKS
+        if SCALE_ENDPOINT.search(block.code) and "ikproxy.testing" not in section_after(block)
+    ]
+    assert not silent, f"no word of `python -m ikproxy.testing` after {silent}"
