@@ -244,11 +244,10 @@ def _bound_names(tree: ast.AST) -> set[str]:
 def free_names(tree: ast.Module) -> list[str]:
     """The names `tree` reads but never binds, in order of first use."""
     bound = _bound_names(tree)
-    seen: dict[str, None] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id not in bound:
-            seen.setdefault(node.id)
-    return list(seen)
+    read = [node for node in ast.walk(tree) if isinstance(node, ast.Name)]
+    read.sort(key=lambda node: (node.lineno, node.col_offset))
+    seen = {node.id: None for node in read if isinstance(node.ctx, ast.Load)}
+    return [name for name in seen if name not in bound]
 
 
 def attributes_read(tree: ast.Module) -> list[tuple[str, str]]:
@@ -266,13 +265,16 @@ _PREFIX = re.compile(r"^/?[\w-]+(?:/[\w-]+)*/?$")
 def prefixes_named(tree: ast.Module) -> list[str]:
     """Where a block's app may mount the proxy: the root, each path prefix the block names
     (`"/api"`, Django's `"api/"`), and all of them nested in order (`/v1` then `/ik`)."""
+    strings = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+    strings.sort(key=lambda node: (node.lineno, node.col_offset))
     named = [
         "/" + node.value.strip("/")
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Constant)
-        and isinstance(node.value, str)
-        and _PREFIX.match(node.value)
-        and (node.value.startswith("/") or node.value.endswith("/"))
+        for node in strings
+        if _PREFIX.match(node.value) and (node.value.startswith("/") or node.value.endswith("/"))
     ]
     candidates = ["", *named, "".join(named)]
     return list(dict.fromkeys(candidates))
