@@ -15,11 +15,11 @@ are split on `&&` and `;`; `NAME=value` before a command sets its environment (a
 | `python -m ikproxy.testing ...` | started, checked to answer, stopped |
 | `python FILE ...` | FILE exists; with `--port`, a server: started, checked to answer, stopped; else run |
 | `python -c CODE` | run |
-| `uvicorn MODULE:APP ...` | the page's last Python block that makes APP, saved as MODULE.py, served, checked to answer |
+| `uvicorn`, `gunicorn`, `hypercorn` `MODULE:APP` (or `python -m` them) | the page's last Python block that makes APP, saved as MODULE.py, served, checked to answer |
 | `curl URL` | run against the demo server; a run streams to its `result` event |
 
-A server's `--port` (8000 in the docs) becomes a free port, and `127.0.0.1:8000` the
-demo server's address. Anything else fails: teach this module the command, or put the
+A server's `--port` or `--bind`/`-b` (8000 in the docs) becomes a free port, and
+`127.0.0.1:8000` elsewhere the demo server's address. Anything else fails: teach this module the command, or put the
 block in the skip list.
 """
 
@@ -47,6 +47,8 @@ READY = (
     r"Running on|running on|running at|Uvicorn running on|Worker ready"
     r"|Starting (?:WSGI )?development server|Goin' Fast|Listening at"
 )
+#: The servers of ASGI and WSGI apps the docs name (each in the `test` extra).
+APP_SERVERS = ("uvicorn", "gunicorn", "hypercorn")
 _ASSIGNMENT = re.compile(r"^([A-Za-z_]\w*)=(.*)$", re.DOTALL)
 
 
@@ -156,8 +158,8 @@ class ShellPage:
             self.ikproxy(args, env)
         elif program in ("python", "python3"):
             self.python(args, cwd, env)
-        elif program == "uvicorn":
-            self.uvicorn(args, env)
+        elif program in APP_SERVERS:
+            self.app_server(program, args, env)
         elif program == "curl":
             self.curl(args)
         else:
@@ -234,7 +236,9 @@ class ShellPage:
             self._run([*command, *args], env)
 
     def python(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
-        if args[:2] == ["-m", "ikproxy"]:
+        if args[:1] == ["-m"] and args[1] in APP_SERVERS:
+            self.app_server(args[1], args[2:], env)
+        elif args[:2] == ["-m", "ikproxy"]:
             self.ikproxy(args[2:], env)
         elif args[:2] == ["-m", "ikproxy.testing"]:
             self._serve([sys.executable, *args], env, health=False)
@@ -250,11 +254,14 @@ class ShellPage:
             else:
                 self._run([sys.executable, str(script), *args[1:]], env)
 
-    def uvicorn(self, args: list[str], env: dict[str, str]) -> None:
-        module, _, name = args[0].partition(":")
+    def app_server(self, program: str, args: list[str], env: dict[str, str]) -> None:
+        """`uvicorn app:app ...`: the page's block that makes `app`, saved as app.py, served."""
+        target = next((arg for arg in args if re.fullmatch(r"[\w.]+:\w+", arg)), None)
+        assert target, f"{program} {' '.join(args)}: no MODULE:APP"
+        module, _, name = target.partition(":")
         source = self._python_making(name)
-        (self.folder / f"{module}.py").write_text(self.world.rewrite(source))
-        self._serve([sys.executable, "-m", "uvicorn", *args], env, health=True)
+        (self.folder / f"{module.replace('.', '/')}.py").write_text(self.world.rewrite(source))
+        self._serve([sys.executable, "-m", program, *args], env, health=True)
 
     def curl(self, args: list[str]) -> None:
         urls = [arg for arg in args if arg.startswith("http")]
@@ -291,11 +298,16 @@ class ShellPage:
     ) -> None:
         """Start a server on a free port, check that it answers, stop it (by its pid)."""
         port = free_port()
-        command = [self.world.rewrite(word) for word in command]
-        if "--port" in command:
+        command = list(command)
+        binds = [i + 1 for i, word in enumerate(command) if word in ("--bind", "-b")]
+        if binds:
+            for i in binds:
+                command[i] = f"127.0.0.1:{port}"
+        elif "--port" in command:
             command[command.index("--port") + 1] = str(port)
         else:
             command += ["--port", str(port)]
+        command = [self.world.rewrite(word) for word in command]
         url = f"http://127.0.0.1:{port}"
         with running_server(command, ready=READY, env=self._environ(env), cwd=cwd or self.folder):
             answer = httpx.get(f"{url}/api/health" if health else url, timeout=10)

@@ -108,6 +108,22 @@ def test_a_command_that_names_what_does_not_exist_fails(
         shell.run(_sh(line))
 
 
+def test_an_app_server_serves_the_pages_block_that_makes_the_app(tmp_path: Path) -> None:
+    code = (
+        "from starlette.applications import Starlette\n"
+        "from starlette.routing import Mount\n"
+        "from ikproxy.asgi import create_app\n"
+        "from ikproxy.demo import deployment\n"
+        'app = Starlette(routes=[Mount("/api", app=create_app(deployment))])\n'
+    )
+    with world(tmp_path) as made:
+        shell = ShellPage("page.md", made, tmp_path, [Block("page.md", 1, "python", 1, code)])
+        shell.run(_sh("hypercorn app:app --bind 127.0.0.1:8000"))
+        with pytest.raises(AssertionError, match=r"no Python block of page\.md makes 'api'"):
+            shell.run(_sh("uvicorn app:api --port 8000"))
+    assert (tmp_path / "app.py").read_text() == code
+
+
 def test_words_keep_quotes_and_split_operators() -> None:
     assert words_of('IKOMIA_TOKEN=... ikproxy run -p prompt="a red fox" # a comment') == [
         "IKOMIA_TOKEN=...",
