@@ -15,7 +15,9 @@ the page's fences (`docs/guides/testing.md#3`); a new page is picked up by itsel
 
 What the docs take for granted (`world.py`): a demo server for `127.0.0.1:8000`, the
 fake SCALE server (`python -m ikproxy.testing`) for any `https://*.scale.ikomia.ai`
-endpoint, and `pyblocks.GIVENS` for the reader's own objects (`deployment`...).
+endpoint, a redis-server for `redis://redis:6379/0`, and `pyblocks.GIVENS` for the
+reader's own objects (`deployment`...). Run them: `./dev test -m docs`, or one block:
+`./dev test "tests/docs/test_docs.py::test_block_runs_as_written[docs/guides/testing.md#3]"`.
 
 **When a block cannot run here**, add it to one of the two lists below: its id, then
 a piece of its code (so that an id that shifts to another block fails) and the reason.
@@ -27,6 +29,10 @@ The test then still parses it and checks its imports.
 * `FRAGMENTS`: Python excerpts that cannot run alone (a body without its context):
   compiled, their imports checked, their names looked up on the page and in `GIVENS`,
   the attributes they read from a given object checked.
+
+For example:
+
+    "docs/guides/observability.md#2": ("collector:4317", "exports to a collector (the network)"),
 
 An entry whose block is gone, or whose id now names a block without that code (a
 block was added above it), fails `test_the_lists_name_blocks`.
