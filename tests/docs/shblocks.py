@@ -25,6 +25,8 @@ block in the skip list.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -37,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from tests.docs.blocks import Block
+from tests.docs.blocks import Block, blocks_of, pages
 from tests.docs.world import World
 from tests.support.servers import ROOT, free_port, running_server
 
@@ -296,7 +298,31 @@ class ShellPage:
     def _serve(
         self, command: list[str], env: dict[str, str], *, health: bool, cwd: Path | None = None
     ) -> None:
-        """Start a server on a free port, check that it answers, stop it (by its pid)."""
+        """Start a server on a free port, check that it answers, stop it (by its pid).
+
+        The examples' servers (`python examples/*/app.py --port N`, as their pages say)
+        are started ahead, a few at a time, the first time a page starts a server."""
+        folder = cwd or self.folder
+        if self.world.servers_ahead:
+            self.world.start_ahead(
+                {
+                    (tuple(planned), str(ROOT)): functools.partial(self._start, planned, {}, ROOT)
+                    for planned in example_servers()
+                }
+            )
+        taken = None if env else self.world.take((tuple(command), str(folder)))
+        stack, port = taken or self._start(command, env, folder)
+        url = f"http://127.0.0.1:{port}"
+        with stack:
+            answer = httpx.get(f"{url}/api/health" if health else url, timeout=10)
+            if health:
+                assert answer.status_code == 200, f"{url}/api/health: {answer.status_code}"
+                assert answer.json()["status"] == "ok"
+
+    def _start(
+        self, command: list[str], env: dict[str, str], cwd: Path
+    ) -> tuple[contextlib.ExitStack, int]:
+        """`command` started on a free port (its `--port` or `--bind`), once it is ready."""
         port = free_port()
         command = list(command)
         binds = [i + 1 for i, word in enumerate(command) if word in ("--bind", "-b")]
@@ -308,12 +334,32 @@ class ShellPage:
         else:
             command += ["--port", str(port)]
         command = [self.world.rewrite(word) for word in command]
-        url = f"http://127.0.0.1:{port}"
-        with running_server(command, ready=READY, env=self._environ(env), cwd=cwd or self.folder):
-            answer = httpx.get(f"{url}/api/health" if health else url, timeout=10)
-            if health:
-                assert answer.status_code == 200, f"{url}/api/health: {answer.status_code}"
-                assert answer.json()["status"] == "ok"
+        stack = contextlib.ExitStack()
+        with stack:
+            stack.enter_context(
+                running_server(command, ready=READY, env=self._environ(env), cwd=cwd)
+            )
+            return stack.pop_all(), port
+
+
+def example_servers() -> list[list[str]]:
+    """The commands that start the examples' servers, as their READMEs give them, from
+    the repository's root (`python examples/<name>/app.py --port 8000`)."""
+    commands = []
+    for page in pages():
+        for block in blocks_of(page):
+            if block.kind != "shell":
+                continue
+            for line in logical_lines(block):
+                words = words_of(line)
+                if (
+                    words[:1] == ["python"]
+                    and len(words) > 1
+                    and re.fullmatch(r"examples/[\w-]+/app\.py", words[1])
+                    and "--port" in words
+                ):
+                    commands.append([sys.executable, str(ROOT / words[1]), *words[2:]])
+    return commands
 
 
 def _relative(path: Path) -> str:

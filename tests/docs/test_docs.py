@@ -161,7 +161,7 @@ def _pytest(folder: Path, source: str, count: int) -> None:
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Docs]:
     tmp = tmp_path_factory.mktemp("docs")
-    with world(tmp) as made:
+    with world(tmp, servers_ahead=True) as made:
         running = Docs(made, tmp)
         try:
             yield running

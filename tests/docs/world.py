@@ -23,7 +23,7 @@ import re
 import secrets
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -75,8 +75,10 @@ GIVEN_FILES = {
 class World:
     """The servers, the browser and the environment the blocks of one test module share."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, servers_ahead: bool = False) -> None:
         self.tmp = tmp
+        #: Whether to start the examples' servers ahead of the tests that start them.
+        self.servers_ahead = servers_ahead
         self.stack = contextlib.ExitStack()
         self.env = pytest.MonkeyPatch()
         self.stack.callback(self.env.undo)
@@ -86,9 +88,37 @@ class World:
         # stores.md: a secret made once with `secrets.token_urlsafe(32)`, kept in the environment.
         self.env.setenv("IKPROXY_RESUME_SECRET", secrets.token_urlsafe(32))
         self.html: dict[str, str] = {}
+        self.ahead: dict[Any, Future[tuple[contextlib.ExitStack, int]]] | None = None
 
     def close(self) -> None:
         self.stack.close()
+
+    # -- servers started ahead -----------------------------------------------------------
+
+    def start_ahead(
+        self, starts: dict[Any, Callable[[], tuple[contextlib.ExitStack, int]]]
+    ) -> None:
+        """Start servers in the background (a few at a time), once per module: the tests
+        that would start them one by one take them (`take`) ready. Those never taken are
+        stopped with the module."""
+        if self.ahead is not None:
+            return
+        pool = ThreadPoolExecutor(3, thread_name_prefix="servers-ahead")
+        self.ahead = {key: pool.submit(start) for key, start in starts.items()}
+        self.stack.callback(pool.shutdown)
+        self.stack.callback(self._stop_ahead)
+
+    def take(self, key: Any) -> tuple[contextlib.ExitStack, int] | None:
+        """A server started ahead for `key` (now the caller's to stop), or None."""
+        future = (self.ahead or {}).pop(key, None)
+        return None if future is None else future.result()
+
+    def _stop_ahead(self) -> None:
+        for future in (self.ahead or {}).values():
+            if future.cancel():
+                continue
+            with contextlib.suppress(Exception):
+                future.result()[0].close()
 
     # -- the demo on port 8000 ---------------------------------------------------------
 
@@ -226,8 +256,8 @@ class World:
 
 
 @contextlib.contextmanager
-def world(tmp: Path) -> Iterator[World]:
-    made = World(tmp)
+def world(tmp: Path, *, servers_ahead: bool = False) -> Iterator[World]:
+    made = World(tmp, servers_ahead=servers_ahead)
     try:
         yield made
     finally:
