@@ -21,7 +21,6 @@ import contextlib
 import io
 import re
 import secrets
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cached_property
@@ -262,8 +261,3 @@ def world(tmp: Path, *, servers_ahead: bool = False) -> Iterator[World]:
         yield made
     finally:
         made.close()
-
-
-def python() -> str:
-    """The interpreter the blocks' `python` means: this one (the project's venv)."""
-    return sys.executable
