@@ -59,10 +59,12 @@ def running_server(
     ready: str,
     env: Mapping[str, str | None] | None = None,
     timeout: float = 30.0,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen[str]]:
     """Start a server process, wait until its output matches `ready`, stop it by pid on exit.
 
-    `env` adds to the environment; a None value removes that variable.
+    `env` adds to the environment; a None value removes that variable. `cwd`: the folder
+    it runs in (this one by default).
     """
     environ = {**os.environ, **(env or {})}
     environ = {key: value for key, value in environ.items() if value is not None}
@@ -72,6 +74,7 @@ def running_server(
         stderr=subprocess.STDOUT,
         text=True,
         env=environ,  # type: ignore[arg-type]
+        cwd=cwd,
         start_new_session=True,
     )
     lines: queue.Queue[str | None] = queue.Queue()
