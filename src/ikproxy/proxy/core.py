@@ -44,13 +44,14 @@ from ikproxy.protocol import (
 from ikproxy.proxy.outputs import Opener, OutputStore, by_reference, serve, storage_opener
 from ikproxy.proxy.parsing import negotiate_format, read_run_request, read_run_request_sync
 from ikproxy.proxy.request import ProxyRequest, RunSpec
+from ikproxy.proxy.starting import open_stream, store_for
 from ikproxy.proxy.stream import RunStream, StreamFormat, StreamOptions, stream_headers
 from ikproxy.proxy.uploads import UploadDir, resolve_inputs
 from ikproxy.runs.caps import ActiveRuns
 from ikproxy.runs.ownership import Attach
 from ikproxy.runs.registry import Followable, RunRegistry
 from ikproxy.runs.sealed import SEALED_PREFIX, ExpiredReference, InvalidReference, Sealer
-from ikproxy.stores import MemoryStore, Store, StoreUnavailable
+from ikproxy.stores import Store, StoreUnavailable
 
 __all__ = [
     "METHODS",
@@ -145,7 +146,7 @@ class Proxy:
         self.deployment = deployment
         self.policy = policy or Policy(**options)
         #: Where runs, rate limits and active-run slots live (`ikproxy.stores`).
-        self.store: Store = self.policy.store if self.policy.store is not None else MemoryStore()
+        self.store: Store = store_for(self.policy, deployment)
         self._limiter = _limiter_for(self.policy.rate_limit, self.store)
         window = self.policy.resume_window
         #: The resumable runs, when `resume_window` is set.
@@ -361,9 +362,8 @@ class Proxy:
             if slot is not None and self.active_runs is not None:
                 await self.active_runs.release(slot)
             raise
-        stream = self.deployment.run_stream(
-            *spec.inputs, parameters=spec.parameters, task=policy.task, timeout=policy.timeout
-        )
+        window = self.runs.window if self.runs is not None else None
+        stream, logged = open_stream(self.deployment, spec, policy, log, window)
         if slot is not None and self.active_runs is not None:
             stream = self.active_runs.hold(slot, stream)
         stream = self._by_reference(stream, base, uploads)
@@ -384,8 +384,9 @@ class Proxy:
             run = self.runs.start(
                 _prepend(first, stream),
                 request_id=spec.request_id,
-                timeout=policy.timeout,
+                timeout=None if logged else policy.timeout,  # a worker holds its deadline
                 log=log,
+                remote=logged,
             )
             body = self._follow(run, options, after=0)
             return ProxyResponse(200, headers, body)
@@ -556,7 +557,8 @@ async def _first(stream: AsyncIterator[Progress], request_id: str) -> Progress |
             raise _gone() from None
         status, code, message = public_error(exc)
         logger.error("run refused [request_id=%s code=%s]", request_id, code, exc_info=exc)
-        raise HTTPError(status, code, message) from None
+        headers = {"Retry-After": "1"} if status == 503 else None
+        raise HTTPError(status, code, message, headers=headers) from None
 
 
 def _limiter_for(limiter: RateLimiter | None, store: Store) -> RateLimiter | None:
