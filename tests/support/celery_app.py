@@ -36,7 +36,13 @@ WINDOW = float(os.environ.get("IKPROXY_TEST_WINDOW", "30"))
 celery_app = Celery("ikproxy-tests", broker=os.environ.get("IKPROXY_TEST_BROKER", REDIS))
 celery_app.conf.update(worker_hijack_root_logger=False, broker_connection_retry_on_startup=True)
 store = RedisStore(REDIS, prefix=PREFIX)
-deployment = CeleryDeployment(celery_app, store=store)
+deployment = CeleryDeployment(
+    celery_app,
+    store=store,
+    # Outputs over 100 kB go to files in this folder, which every instance reads.
+    outputs_location=f"file://{MARKERS / 'outputs'}",
+    redis_output_limit=100_000,
+)
 
 
 def _mark(name: str, text: str) -> None:

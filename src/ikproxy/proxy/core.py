@@ -41,10 +41,10 @@ from ikproxy.protocol import (
     new_request_id,
     parse_position,
 )
-from ikproxy.proxy.outputs import Opener, OutputStore, by_reference, serve, storage_opener
+from ikproxy.proxy.outputs import Opener, OutputStore, by_reference, serve_any, storage_opener
 from ikproxy.proxy.parsing import negotiate_format, read_run_request, read_run_request_sync
 from ikproxy.proxy.request import ProxyRequest, RunSpec
-from ikproxy.proxy.starting import open_stream, store_for
+from ikproxy.proxy.starting import open_stream, prepend, shared_outputs_for, store_for
 from ikproxy.proxy.stream import RunStream, StreamFormat, StreamOptions, stream_headers
 from ikproxy.proxy.uploads import UploadDir, resolve_inputs
 from ikproxy.runs.caps import ActiveRuns
@@ -164,7 +164,7 @@ class Proxy:
             sealer if isinstance(deployment, SupportsAttach) and not self.store.shared else None
         )
         #: The outputs served by reference (`/outputs/<token>/<index>`).
-        self.outputs = OutputStore(self.policy.output_window)
+        self.outputs = OutputStore(self.policy.output_window, shared=shared_outputs_for(self.store))
 
     def _attacher(self) -> Attach | None:
         """How to follow a run of the deployment by its upstream id, when it can."""
@@ -183,7 +183,7 @@ class Proxy:
         try:
             route = self._route(request)
             if route is not None:
-                return route
+                return await route if inspect.isawaitable(route) else route
             await _resolve(self._admit(request))
             position = self._resume_position(request)
             if position is not None:
@@ -215,6 +215,8 @@ class Proxy:
         request_id = new_request_id(request.header("x-request-id"))
         try:
             route = self._route(request)
+            if inspect.isawaitable(route):
+                route = blocking_portal().call(_later, route)
             if route is not None:
                 return _sync(route)
             pending = self._admit(request)
@@ -248,7 +250,7 @@ class Proxy:
 
     # -- routing --------------------------------------------------------------
 
-    def _route(self, request: ProxyRequest) -> ProxyResponse | None:
+    def _route(self, request: ProxyRequest) -> ProxyResponse | Awaitable[ProxyResponse] | None:
         """The answer for every path but `/run` (None): assets, health, 404 and 405."""
         path = "/" + request.path.strip("/")
         method = request.method.upper()
@@ -270,8 +272,8 @@ class Proxy:
                 200, {"status": "ok", "protocol": PROTOCOL_VERSION, "version": __version__}
             )
         if output:
-            status, headers, content = serve(self.outputs, path, method, request.header("range"))
-            return ProxyResponse(status, headers, content)
+            answer = serve_any(self.outputs, path, method, request.header("range"))
+            return ProxyResponse(*answer) if isinstance(answer, tuple) else _later(answer)
         name, media_type = _ASSETS[path]
         return ProxyResponse(
             200, {"Content-Type": media_type, "Cache-Control": "no-cache"}, _asset(name)
@@ -378,11 +380,11 @@ class Proxy:
         options = StreamOptions.from_policy(policy, spec.format, spec.request_id)
         if self.sealer is not None and key is not None and first is not None and first.uuid:
             # The upstream keeps the run: its event ids carry a sealed reference to it.
-            body = self._sealed(_prepend(first, stream), first.uuid, str(key), options, 0)
+            body = self._sealed(prepend(first, stream), first.uuid, str(key), options, 0)
             return ProxyResponse(200, headers, body)
         if self.runs is not None:
             run = self.runs.start(
-                _prepend(first, stream),
+                prepend(first, stream),
                 request_id=spec.request_id,
                 timeout=None if logged else policy.timeout,  # a worker holds its deadline
                 log=log,
@@ -390,7 +392,7 @@ class Proxy:
             )
             body = self._follow(run, options, after=0)
             return ProxyResponse(200, headers, body)
-        return ProxyResponse(200, headers, RunStream(_prepend(first, stream), options))
+        return ProxyResponse(200, headers, RunStream(prepend(first, stream), options))
 
     async def _by_reference(
         self, stream: AsyncIterator[Progress], base: str, uploads: UploadDir | None
@@ -507,7 +509,7 @@ class Proxy:
         stream = deployment.attach(uuid, task=self.policy.task, timeout=self.policy.timeout)
         stream = self._by_reference(stream, "", None)
         first = await _first(stream, request_id)
-        body = self._sealed(_prepend(first, stream), uuid, caller, options, seen)
+        body = self._sealed(prepend(first, stream), uuid, caller, options, seen)
         return ProxyResponse(200, stream_headers(options.format, request_id), body)
 
 
@@ -585,13 +587,7 @@ def _check_wait(wait: float | None) -> None:
         )
 
 
-async def _prepend(
-    first: Progress | None, rest: AsyncIterator[Progress]
-) -> AsyncIterator[Progress]:
-    try:
-        if first is not None:
-            yield first
-        async for item in rest:
-            yield item
-    finally:
-        await aclose(rest)
+async def _later(answer: Awaitable[Any]) -> ProxyResponse:
+    """A response that is awaited: a shared output's, or an answer being read."""
+    got = await answer
+    return got if isinstance(got, ProxyResponse) else ProxyResponse(*got)

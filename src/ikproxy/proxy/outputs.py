@@ -9,8 +9,9 @@ the outputs of that run until `output_window` seconds after the run ended,
 and nobody else can guess it.
 
 The store is in the memory of one process, behind a small interface
-(`put`, `get`, `close`) so that a shared store can implement it later; with
-several workers, downloads then need sticky sessions, as resumable runs do.
+(`put`, `get`, `close`). With a `RedisStore`, the proxy also serves the
+outputs kept in the shared output store (`ikproxy.stores.outputs`, where Celery
+workers put theirs): those download from any instance.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.to_thread
@@ -37,6 +38,9 @@ from ikproxy.deployments.scale.storage import Storage, StorageObject
 from ikproxy.errors import HTTPError, IkproxyError
 from ikproxy.io import BaseIO, FileIO, ImageIO, RefIO, StorageObjectIO
 from ikproxy.model import Results
+
+if TYPE_CHECKING:
+    from ikproxy.stores.outputs import SharedOutputs
 
 __all__ = [
     "CHUNK_SIZE",
@@ -47,8 +51,12 @@ __all__ = [
     "OutputStore",
     "RangeNotSatisfiable",
     "by_reference",
+    "output_address",
     "parse_range",
+    "respond",
     "serve",
+    "serve_any",
+    "serve_shared",
 ]
 
 logger = logging.getLogger("ikproxy")
@@ -188,10 +196,14 @@ class OutputStore:
         *,
         max_runs: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedOutputs | None = None,
     ) -> None:
         if window <= 0:
             raise ValueError("output_window must be a positive number of seconds")
         self.window = window
+        #: The outputs every instance serves (`ikproxy.stores.outputs`), looked up when
+        #: a token is not one of this process's.
+        self.shared = shared
         self.max_runs = max_runs
         self.clock = clock
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
@@ -418,15 +430,59 @@ def serve(
     Raises `HTTPError`: 404 for an unknown token or index, 410 once the
     outputs have expired, 416 for a range outside the output.
     """
-    _, token, index_text = [*path.strip("/").split("/"), "", ""][:3]
-    if not index_text.isdigit() or len(index_text) > 6:
-        raise HTTPError(404, "not_found", "no such output")
+    token, index = output_address(path)
     try:
-        body = store.get(token, int(index_text))
+        body = store.get(token, index)
     except OutputExpired:
         raise HTTPError(410, "output_expired", "this output has expired") from None
     except KeyError:
         raise HTTPError(404, "not_found", "no such output") from None
+    return respond(body, method, range_header)
+
+
+Answer = tuple[int, dict[str, str], AsyncIterator[bytes]]
+
+
+def serve_any(
+    store: OutputStore, path: str, method: str, range_header: str | None
+) -> Answer | Awaitable[Answer]:
+    """`serve` from this process's outputs; else, awaitable, from `store.shared` if any."""
+    try:
+        return serve(store, path, method, range_header)
+    except HTTPError as exc:
+        if exc.status != 404 or store.shared is None:
+            raise
+        return serve_shared(store.shared, path, method, range_header)
+
+
+async def serve_shared(
+    shared: SharedOutputs, path: str, method: str, range_header: str | None
+) -> tuple[int, dict[str, str], AsyncIterator[bytes]]:
+    """`serve` for an output kept in the shared output store (`ikproxy.stores.outputs`)."""
+    from ikproxy.stores.outputs import OutputGone  # redis-py: only with a shared store
+
+    token, index = output_address(path)
+    try:
+        body = await shared.get(token, index)
+    except OutputGone:
+        raise HTTPError(410, "output_expired", "this output has expired") from None
+    except KeyError:
+        raise HTTPError(404, "not_found", "no such output") from None
+    return respond(body, method, range_header)
+
+
+def output_address(path: str) -> tuple[str, int]:
+    """The token and index of `/outputs/<token>/<index>`; 404 when it cannot be one."""
+    _, token, index_text = [*path.strip("/").split("/"), "", ""][:3]
+    if not index_text.isdigit() or len(index_text) > 6:
+        raise HTTPError(404, "not_found", "no such output")
+    return token, int(index_text)
+
+
+def respond(
+    body: OutputBody, method: str, range_header: str | None
+) -> tuple[int, dict[str, str], AsyncIterator[bytes]]:
+    """Status, headers and bytes of one output, for a `GET` or `HEAD` with an optional `Range`."""
     size = body.size
     headers = {
         "Content-Type": body.content_type,

@@ -158,6 +158,59 @@ def test_the_deadline_is_enforced_on_the_worker(cluster: Cluster) -> None:
     wait_for((cluster.markers / f"{marker}.finally").exists, 3, "the task stopped")
 
 
+# -- outputs from any instance ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "where"), [(50_000, "redis"), (300_000, "file")])
+def test_outputs_made_on_a_worker_are_served_whole_and_by_range_by_another_instance(
+    cluster: Cluster, size: int, where: str
+) -> None:
+    expected = bytes(i % 251 for i in range(size))
+    with httpx.stream("GET", f"{cluster.a}/file/run", params={"size": size}, timeout=10) as run:
+        events = _all(run)
+    ref = _data(events[-1])["results"]["outputs"][0]["ref"]
+    assert ref["size"] == size
+    assert ref["content_type"] == "application/octet-stream"
+    assert ref["url"].startswith("outputs/")
+    url = f"{cluster.b}/file/{ref['url']}"  # B never saw the run
+    whole = httpx.get(url, timeout=10)
+    assert whole.status_code == 200
+    assert whole.content == expected
+    assert whole.headers["content-length"] == str(size)
+    assert whole.headers["accept-ranges"] == "bytes"
+    assert whole.headers["content-security-policy"] == "default-src 'none'; sandbox"
+    part = httpx.get(url, headers={"Range": "bytes=1000-263999"}, timeout=10)
+    assert part.status_code == 206
+    assert part.headers["content-range"] == f"bytes 1000-{min(size, 264000) - 1}/{size}"
+    assert part.content == expected[1000:264000]
+    tail = httpx.get(url, headers={"Range": "bytes=-5"}, timeout=10)
+    assert tail.content == expected[-5:]
+    outside = httpx.get(url, headers={"Range": f"bytes={size}-"}, timeout=10)
+    assert outside.status_code == 416
+    assert outside.headers["content-range"] == f"bytes */{size}"
+    head = httpx.head(url, timeout=10)
+    assert head.status_code == 200
+    assert head.content == b""
+    files = list((cluster.markers / "outputs").rglob("*")) if where == "file" else []
+    assert (where == "file") == any(f.is_file() and f.stat().st_size == size for f in files)
+    token = ref["url"].split("/")[1]
+    assert httpx.get(f"{cluster.b}/file/outputs/{token}/1", timeout=10).status_code == 404
+    assert httpx.get(f"{cluster.b}/file/outputs/x{token}/0", timeout=10).status_code == 404
+
+
+def test_a_large_image_is_a_reference_and_a_small_one_inline(cluster: Cluster) -> None:
+    with httpx.stream("GET", f"{cluster.a}/image/run", params={"size": 700}, timeout=10) as run:
+        large = _data(_all(run)[-1])["results"]["outputs"][0]
+    with httpx.stream("GET", f"{cluster.a}/image/run", params={"size": 16}, timeout=10) as run:
+        small = _data(_all(run)[-1])["results"]["outputs"][0]
+    assert large["ref"]["kind"] == "image"
+    assert large["ref"]["content_type"] == "image/png"
+    png = httpx.get(f"{cluster.b}/image/{large['ref']['url']}", timeout=10).content
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(png) == large["ref"]["size"]
+    assert set(small) == {"image"}
+
+
 # -- cancel on leave --------------------------------------------------------------------------
 
 

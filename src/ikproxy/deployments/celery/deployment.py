@@ -46,11 +46,12 @@ from ikproxy.deployments.celery.worker import WorkerLoop, execute
 from ikproxy.deployments.runner import TaskRun
 from ikproxy.deployments.tasks import Task, TaskTable, task_decorator
 from ikproxy.errors import BrokerUnavailable, IkproxyError, InvalidInput, InvalidParameter
-from ikproxy.io import BaseIO, FileIO, InputLike, as_inputs
+from ikproxy.io import BaseIO, FileIO, ImageIO, InputLike, RefIO, as_inputs
 from ikproxy.model import Progress, Results, State
 from ikproxy.runs.ownership import Takeover, lease_name
 from ikproxy.runs.registry import StoredRun
 from ikproxy.stores import RunInfo, StoreUnavailable
+from ikproxy.stores.outputs import SharedOutput, SharedOutputs
 from ikproxy.stores.redis import RedisStore
 from ikproxy.stores.signals import CancelSignals
 
@@ -72,6 +73,14 @@ class CeleryDeployment:
     `queue_timeout` seconds is ended as lost. `publish_timeout` bounds the
     wait for the broker before a 503. `log_ttl` is how long a run's log lives
     in the store after its last event when no `resume_window` sets it.
+
+    Outputs: an image over `inline_output_limit` bytes (None: none) and every
+    file a task returns (`FileIO`) reach the client by reference; the worker
+    keeps them for `output_window` seconds (keep it equal to the proxy's
+    `output_window`) in the shared output store (`ikproxy.stores.outputs`):
+    in Redis up to `redis_output_limit` bytes, and at the fsspec URL
+    `outputs_location` beyond (`file:///srv/outputs`, `s3://bucket/outputs`:
+    a place every instance reads; without one, Redis keeps them all).
     """
 
     def __init__(
@@ -84,11 +93,16 @@ class CeleryDeployment:
         queue_timeout: float = 600.0,
         publish_timeout: float = 2.0,
         log_ttl: float = 60.0,
+        inline_output_limit: int | None = 1_000_000,
+        output_window: float = 300.0,
+        outputs_location: str | None = None,
+        redis_output_limit: int = 1024 * 1024,
     ) -> None:
         for label, value in (
             ("queue_timeout", queue_timeout),
             ("publish_timeout", publish_timeout),
             ("log_ttl", log_ttl),
+            ("output_window", output_window),
             ("timeout", timeout if timeout is not None else 1.0),
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -100,6 +114,16 @@ class CeleryDeployment:
         self.queue_timeout = queue_timeout
         self.publish_timeout = publish_timeout
         self.log_ttl = log_ttl
+        self.inline_output_limit = inline_output_limit
+        self.output_window = output_window
+        #: Where workers keep the outputs served by reference, for every instance.
+        self.outputs = SharedOutputs(
+            store.url,
+            prefix=store.prefix,
+            timeout=store.timeout,
+            location=outputs_location,
+            redis_limit=redis_output_limit,
+        )
         #: Cancel requests from the web instances to the workers.
         self.signals = CancelSignals(store.url, prefix=store.prefix, timeout=store.timeout)
         #: Who follows runs here, for the store (the takeover of a run whose worker died).
@@ -335,11 +359,35 @@ class CeleryDeployment:
     # -- on the worker -------------------------------------------------------------
 
     async def worker_outputs(self, outputs: tuple[BaseIO, ...], token: str) -> tuple[BaseIO, ...]:
-        """The outputs as the run's log carries them (the worker calls it at the end)."""
+        """The outputs as the run's log carries them: large ones kept for every instance.
+
+        The worker calls it at the end of a run; each kept output becomes a
+        reference (`outputs/<token>/<index>`) that any instance serves.
+        """
+        limit = self.inline_output_limit
+        kept: list[SharedOutput | None] = []
         for output in outputs:
             if isinstance(output, FileIO):
-                raise TypeError("a file output needs a shared output store")
-        return outputs
+                if output.is_dir:
+                    raise TypeError("a task of a CeleryDeployment cannot return a folder")
+                kept.append(SharedOutput(output.content_type, path=output.path))
+            elif isinstance(output, ImageIO) and limit is not None:
+                data = output.to_bytes()
+                kept.append(SharedOutput(output.mime_type, data) if len(data) > limit else None)
+            else:
+                kept.append(None)
+        if not any(kept):
+            return outputs
+        out = await self.outputs.put(kept, window=self.output_window)
+        refs: list[BaseIO] = []
+        for index, (output, shared) in enumerate(zip(outputs, kept, strict=True)):
+            if shared is None:
+                refs.append(output)
+                continue
+            of = output.kind if output.kind in ("image", "storage_object") else "file"
+            url = f"outputs/{out}/{index}"
+            refs.append(RefIO(url, of=of, content_type=shared.content_type, size=shared.size))
+        return tuple(refs)
 
 
 def _wire_inputs(values: list[BaseIO]) -> list[dict[str, Any]]:
