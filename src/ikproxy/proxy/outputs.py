@@ -400,7 +400,7 @@ async def by_reference(
     if not any(body is not None for body in bodies):
         return results
     served = [None if isinstance(body, Presigned) else body for body in bodies]
-    token = store.put(served) if any(body is not None for body in served) else ""
+    token = await _keep(store, served) if any(body is not None for body in served) else ""
     outputs: list[BaseIO] = []
     for index, (output, body) in enumerate(zip(results.outputs, bodies, strict=True)):
         if body is None:
@@ -410,6 +410,36 @@ async def by_reference(
         of = output.kind if output.kind in ("image", "storage_object") else "file"
         outputs.append(RefIO(url, of=of, content_type=body.content_type, size=body.size))
     return Results(tuple(outputs), uuid=results.uuid)
+
+
+async def _keep(store: OutputStore, bodies: Sequence[OutputBody | None]) -> str:
+    """Keep one run's bodies: in the shared output store if there is one (every instance
+    serves them then), else in this process. Stored SCALE outputs stay here (another
+    instance would need the storage's client to stream them), and so do outputs over the
+    shared store's Redis limit when it has no location for them."""
+    shared = store.shared
+    if (
+        shared is None
+        or any(isinstance(body, StorageBody) for body in bodies)
+        or (shared.location is None and any(b and b.size > shared.redis_limit for b in bodies))
+    ):
+        return store.put(bodies)
+    from ikproxy.stores.outputs import SharedOutput  # redis-py: only with a shared store
+
+    kept: list[SharedOutput | None] = []
+    for body in bodies:
+        if isinstance(body, InlineBody):
+            kept.append(SharedOutput(body.content_type, body.data))
+        elif isinstance(body, FileBody):
+            kept.append(SharedOutput(body.content_type, path=body.path))
+        else:
+            kept.append(None)
+    try:
+        return await shared.put(kept, window=store.window)
+    finally:
+        for body in bodies:
+            if isinstance(body, FileBody):
+                body.discard()  # this process's copy: the shared store holds its bytes now
 
 
 async def _file_body(store: OutputStore, output: FileIO) -> FileBody:
