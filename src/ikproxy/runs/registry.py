@@ -62,6 +62,14 @@ class _TooManyEvents(IkproxyError):
     """A run sent more events than a log keeps."""
 
 
+class ReadEvents(Protocol):
+    """`Store.read_events`'s signature: the events of `run` after `after`, waiting a while."""
+
+    async def __call__(
+        self, run: str, after: int, *, timeout: float, limit: int = 1000
+    ) -> list[tuple[int, dict[str, Any]]]: ...
+
+
 class Followable(Protocol):
     """A run a client can follow: its token, its event count, and its events after `after`."""
 
@@ -281,6 +289,7 @@ class StoredRun:
         takeover: Takeover | None = None,
         *,
         mark_followed: bool = True,
+        read: ReadEvents | None = None,
     ) -> None:
         self.store = store
         self.token = token
@@ -291,6 +300,9 @@ class StoredRun:
         #: Whether reading marks the run followed (a client's reading does; the reading
         #: of the instance that streams a worker's run to its own followers does not).
         self.mark_followed = mark_followed
+        #: How the events are read: the store's `read_events`, or a reader sharing one
+        #: connection among the followers of an instance (`ikproxy.stores.tail`).
+        self.read = read or store.read_events
 
     @property
     def count(self) -> int:
@@ -324,7 +336,7 @@ class StoredRun:
                 try:
                     poll = _POLL if self.takeover is None else CHECK_EVERY
                     wait = min(window / 3, poll)
-                    events = await store.read_events(self.token, after, timeout=wait)
+                    events = await self.read(self.token, after, timeout=wait)
                     if not events:
                         info = await store.run_info(self.token)
                         if info is None:

@@ -27,13 +27,16 @@ worker that dies leaves its lease to lapse; a follower then ends the run with
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from typing import Any, TypeVar, overload
 from uuid import uuid4
@@ -54,6 +57,7 @@ from ikproxy.stores import RunInfo, StoreUnavailable
 from ikproxy.stores.outputs import SharedOutput, SharedOutputs
 from ikproxy.stores.redis import RedisStore
 from ikproxy.stores.signals import CancelSignals
+from ikproxy.stores.tail import LogTail
 
 __all__ = ["CeleryDeployment"]
 
@@ -124,6 +128,8 @@ class CeleryDeployment:
             location=outputs_location,
             redis_limit=redis_output_limit,
         )
+        #: The reader of the run logs this instance follows: one connection for them all.
+        self._tail = LogTail(store.url, prefix=store.prefix, timeout=store.timeout)
         #: Cancel requests from the web instances to the workers.
         self.signals = CancelSignals(store.url, prefix=store.prefix, timeout=store.timeout)
         #: Who follows runs here, for the store (the takeover of a run whose worker died).
@@ -132,6 +138,9 @@ class CeleryDeployment:
         self._queues: dict[str, str | None] = {}
         self._celery_tasks: dict[str, Any] = {}
         self._loop = WorkerLoop()
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid = 0
         self._takeover = Takeover(
             store, self.instance, attach=None, adopt=_never_adopted, ttl=log_ttl
         )
@@ -275,6 +284,7 @@ class CeleryDeployment:
 
         yield Progress.from_json(pending)
         finished = False
+        reader = self._tail.follow(token)
         try:
             follower = StoredRun(
                 self.store,
@@ -283,6 +293,7 @@ class CeleryDeployment:
                 ttl,
                 self._takeover,
                 mark_followed=False,
+                read=reader.read,
             )
             events = follower.follow(1)
             try:
@@ -296,6 +307,7 @@ class CeleryDeployment:
             finished = True  # the run's terminal error, or its log is gone
             raise
         finally:
+            reader.close()
             if not finished:
                 await self._cancel(token, ttl)
 
@@ -338,15 +350,26 @@ class CeleryDeployment:
         def send() -> None:
             celery_task.apply_async(args=(message,), **options)
 
+        # One thread publishes for the whole process: a burst of runs queues for it rather
+        # than growing a thread (and a broker connection) per run being submitted.
+        future = asyncio.get_running_loop().run_in_executor(self._publisher(), send)
         try:
             with anyio.fail_after(self.publish_timeout):
-                await anyio.to_thread.run_sync(send, abandon_on_cancel=True)
+                await asyncio.shield(future)
         except TimeoutError:
             raise BrokerUnavailable(
                 f"the broker did not take the run within {self.publish_timeout:g} s"
             ) from None
         except (OSError, KombuError, RedisError) as exc:
             raise BrokerUnavailable(f"the broker refused the run: {type(exc).__name__}") from exc
+
+    def _publisher(self) -> ThreadPoolExecutor:
+        """The thread that publishes this process's messages (made again after a fork)."""
+        with self._lock:
+            if self._executor is None or self._executor_pid != os.getpid():
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="ikproxy-publish")
+                self._executor_pid = os.getpid()
+            return self._executor
 
     async def _cancel(self, token: str, ttl: float) -> None:
         """Ask the run's worker to stop it (heard at once); never raises, never waits long."""
