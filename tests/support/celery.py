@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -13,7 +13,8 @@ import httpx
 
 from .servers import ROOT, free_port, running_server
 
-CELERY = str(Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "celery")
+#: The celery command of the interpreter running the tests.
+CELERY = str(Path(sys.executable).parent / "celery")
 APP = "tests.support.celery_app"
 
 

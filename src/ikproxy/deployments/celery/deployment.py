@@ -75,7 +75,8 @@ class CeleryDeployment:
     the default deadline of a run in seconds, counted from its submission (its
     time in the queue included). A run not started by a worker within
     `queue_timeout` seconds is ended as lost. `publish_timeout` bounds the
-    wait for the broker before a 503. `log_ttl` is how long a run's log lives
+    wait for the broker before a 503 (and the app's broker connect timeouts,
+    unless it sets shorter ones). `log_ttl` is how long a run's log lives
     in the store after its last event when no `resume_window` sets it.
 
     Outputs: an image over `inline_output_limit` bytes (None: none) and every
