@@ -182,9 +182,8 @@ class CeleryDeployment:
             self._loop.run(execute(self, spec, message))
 
         run.__name__ = run.__qualname__ = f"ikproxy_{spec.name}"
+        # The queue is given to each message (Celery deprecates a task's `queue` attribute).
         options: dict[str, Any] = {"ignore_result": True, "acks_late": False}
-        if queue is not None:
-            options["queue"] = queue
         self._celery_tasks[spec.name] = self.app.task(
             name=self.celery_task_name(spec.name), **options
         )(run)
@@ -225,6 +224,7 @@ class CeleryDeployment:
         Refusals (the signature, `validate`, the store, the broker) raise from
         the first `__anext__()`. Closing the stream before the end cancels the run.
         """
+        self.prepare(*inputs, parameters=parameters, task=task, timeout=timeout, token="", ttl=1)
         token = secrets.token_urlsafe(18)
         await self.store.create_run(token, {"instance": self.instance}, ttl=self.log_ttl)
         stream = self.run_logged(
@@ -259,29 +259,11 @@ class CeleryDeployment:
         ttl: float,
     ) -> AsyncGenerator[Progress, None]:
         """Submit a run whose (empty) log `token` exists in the store, then follow that log."""
-        timeout = self.timeout if timeout is None else timeout
-        spec = self._tasks.get(task, self.name)
-        values = as_inputs(*inputs)
-        params = dict(parameters or {})
-        spec.check(len(values), params)
-        spec.bind_paths(values)
-        run_id = uuid4().hex
-        checks = TaskRun(spec.name, run_id, None)
-        if spec.validate is not None:
-            checks.call_validator(spec.validate, values, params)
-        pending = checks.progress(State.PENDING).to_json()
-        owner = f"celery:{run_id}"
-        message = {
-            "token": token,
-            "run_id": run_id,
-            "owner": owner,
-            "ttl": ttl,
-            "deadline": None if timeout is None else time.time() + timeout,
-            "inputs": _wire_inputs(values),
-            "parameters": params,
-        }
-        _check_json(message)
-        await self._submit(spec, token, owner, pending, message, ttl)
+        spec, message = self.prepare(
+            *inputs, parameters=parameters, task=task, timeout=timeout, token=token, ttl=ttl
+        )
+        pending = TaskRun(spec.name, message["run_id"], None).progress(State.PENDING).to_json()
+        await self._submit(spec, token, message["owner"], pending, message, ttl)
 
         yield Progress.from_json(pending)
         finished = False
@@ -311,6 +293,41 @@ class CeleryDeployment:
             reader.close()
             if not finished:
                 await self._cancel(token, ttl)
+
+    def prepare(
+        self,
+        *inputs: InputLike,
+        parameters: Mapping[str, Any] | None = None,
+        task: str | None = None,
+        timeout: float | None = None,
+        token: str,
+        ttl: float,
+    ) -> tuple[Task, dict[str, Any]]:
+        """The task and the Celery message of a run, once its checks passed (else a refusal).
+
+        The signature, the task's `validate`, and what a message can carry (no
+        file inputs, JSON parameters), before anything is sent anywhere.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        spec = self._tasks.get(task, self.name)
+        values = as_inputs(*inputs)
+        params = dict(parameters or {})
+        spec.check(len(values), params)
+        spec.bind_paths(values)
+        run_id = uuid4().hex
+        if spec.validate is not None:
+            TaskRun(spec.name, run_id, None).call_validator(spec.validate, values, params)
+        message = {
+            "token": token,
+            "run_id": run_id,
+            "owner": f"celery:{run_id}",
+            "ttl": ttl,
+            "deadline": None if timeout is None else time.time() + timeout,
+            "inputs": _wire_inputs(values),
+            "parameters": params,
+        }
+        _check_json(message)
+        return spec, message
 
     async def _submit(
         self,
