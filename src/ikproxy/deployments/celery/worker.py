@@ -28,7 +28,7 @@ import anyio
 
 from ikproxy.deployments.runner import Done, TaskRun, task_items
 from ikproxy.deployments.tasks import Task
-from ikproxy.errors import error_code
+from ikproxy.errors import IkproxyError, error_code
 from ikproxy.io import BaseIO, io_from_json
 from ikproxy.model import Results, State
 from ikproxy.runs.log import LogWriter, RunLog
@@ -156,7 +156,7 @@ async def _produce(
 ) -> None:
     """Run the task until it ends, is cancelled, times out, or its lease is lost."""
     deadline = message.get("deadline")
-    left = None if deadline is None else float(deadline) - time.time()
+    left = None if deadline is None else max(float(deadline) - time.time(), 0.0)
     task = TaskRun(spec.name, str(message["run_id"]), left)
     cancelled = False
 
@@ -184,6 +184,8 @@ async def _produce(
                 await _steps(deployment, spec, message, run, writer, task)
             except Exception as exc:
                 run.failure = error_code(exc)
+                if not isinstance(exc, IkproxyError):  # a task's own errors are logged already
+                    logger.error("a run failed [token=%s]", run.token, exc_info=exc)
             finally:
                 group.cancel_scope.cancel()
     if run.disowned:
