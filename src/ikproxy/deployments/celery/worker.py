@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import aclosing
 from typing import Any, Protocol, TypeVar
 
@@ -126,7 +126,7 @@ async def execute(deployment: WorkerDeployment, spec: Task, message: Mapping[str
     token = str(message["token"])
     ttl = float(message["ttl"])
     lease = OwnerLease(store, token, str(message["owner"]))
-    if not await lease.acquire():
+    if not await _retrying(lease.acquire):
         logger.warning("a run was taken over before it started [token=%s]", token)
         return
     try:
@@ -144,6 +144,19 @@ async def execute(deployment: WorkerDeployment, spec: Task, message: Mapping[str
             await run.flushed.wait()  # the LogWriter retries while the store is away
     finally:
         await lease.release()
+
+
+async def _retrying(acquire: Callable[[], Awaitable[bool]], patience: float = 10.0) -> bool:
+    """`acquire()`, tried again while the store is unreachable, for up to `patience` s."""
+    backoff = 0.1
+    with anyio.fail_after(patience):
+        while True:
+            try:
+                return await acquire()
+            except StoreUnavailable as exc:
+                logger.warning("the store is unreachable, retrying: %s", exc)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
 
 
 async def _produce(
