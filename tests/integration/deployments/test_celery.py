@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -238,6 +239,43 @@ def test_a_client_that_leaves_cancels_the_task_on_the_worker(
         took = wait_for(finished.exists, 3, "the task's finally ran")
     assert finished.read_text() == kind
     assert took < 2.0
+
+
+@pytest.mark.anyio
+async def test_a_stream_closed_right_after_its_first_event_cancels_the_run(
+    cluster: Cluster,
+) -> None:
+    from celery import Celery
+
+    from ikproxy.deployments.celery import CeleryDeployment
+    from ikproxy.stores import RedisStore
+
+    # The web side of the same tasks, in this process: the worker runs its own function.
+    store = RedisStore(cluster.redis, prefix=cluster.prefix)
+    web = CeleryDeployment(Celery("web", broker=cluster.redis), store=store)
+
+    @web.task
+    async def hold_async(*, marker: str = "") -> Any:
+        yield 0.1
+
+    marker = f"first-{secrets.token_hex(4)}"
+    token = f"t{secrets.token_hex(8)}"
+    try:
+        await store.create_run(token, {}, ttl=30)
+        stream = web.run_logged(token, parameters={"marker": marker}, ttl=30)
+        first = await stream.__anext__()
+        assert first.state == "PENDING"
+        await stream.aclose()  # the client left with the 200
+        for _ in range(100):  # the worker dropped the run (started or not): its log is gone
+            if await store.run_info(token) is None:
+                break
+            await anyio.sleep(0.05)
+        else:
+            pytest.fail("the run was not cancelled within 5 s")
+        started = cluster.markers / f"{marker}.started"
+        assert not started.exists() or (cluster.markers / f"{marker}.finally").exists()
+    finally:
+        await store.aclose()
 
 
 def test_worker_runs_count_in_max_active_runs(cluster: Cluster) -> None:

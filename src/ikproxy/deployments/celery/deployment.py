@@ -265,10 +265,10 @@ class CeleryDeployment:
         pending = TaskRun(spec.name, message["run_id"], None).progress(State.PENDING).to_json()
         await self._submit(spec, token, message["owner"], pending, message, ttl)
 
-        yield Progress.from_json(pending)
         finished = False
         reader = self._tail.follow(token)
         try:
+            yield Progress.from_json(pending)  # a client that leaves here cancels the run too
             follower = StoredRun(
                 self.store,
                 token,
