@@ -224,12 +224,12 @@ class CeleryDeployment:
         Refusals (the signature, `validate`, the store, the broker) raise from
         the first `__anext__()`. Closing the stream before the end cancels the run.
         """
-        self.prepare(*inputs, parameters=parameters, task=task, timeout=timeout, token="", ttl=1)
-        token = secrets.token_urlsafe(18)
-        await self.store.create_run(token, {"instance": self.instance}, ttl=self.log_ttl)
-        stream = self.run_logged(
-            token, *inputs, parameters=parameters, task=task, timeout=timeout, ttl=self.log_ttl
+        token, ttl = secrets.token_urlsafe(18), self.log_ttl
+        spec, message = self.prepare(
+            *inputs, parameters=parameters, task=task, timeout=timeout, token=token, ttl=ttl
         )
+        await self.store.create_run(token, {"instance": self.instance}, ttl=ttl)
+        stream = self._submitted(spec, message)
         async with aclosing(stream):
             async for progress in stream:
                 yield progress
@@ -262,6 +262,16 @@ class CeleryDeployment:
         spec, message = self.prepare(
             *inputs, parameters=parameters, task=task, timeout=timeout, token=token, ttl=ttl
         )
+        stream = self._submitted(spec, message)
+        async with aclosing(stream):
+            async for progress in stream:
+                yield progress
+
+    async def _submitted(
+        self, spec: Task, message: dict[str, Any]
+    ) -> AsyncGenerator[Progress, None]:
+        """Submit a prepared run (its log exists), then follow its log to the end."""
+        token, ttl = message["token"], message["ttl"]
         pending = TaskRun(spec.name, message["run_id"], None).progress(State.PENDING).to_json()
         await self._submit(spec, token, message["owner"], pending, message, ttl)
 
