@@ -1,6 +1,7 @@
 """The `ikproxy` command: run the demo, serve a SCALE deployment, or consume any stream.
 
     ikproxy demo [--host H] [--port P]          the demo page on the local demo deployment
+    ikproxy demo --workers N                    ... its tasks on N Celery workers (and a Redis)
     ikproxy serve --endpoint URL [--host H] [--port P]    the same page on a SCALE deployment
     ikproxy run URL --param prompt=... [--image PATH] [--output out.png] [--format sse|ndjson]
     ikproxy --version
@@ -68,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
         "deployment instead.",
     )
     _add_server_options(demo)
+    demo.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the tasks on N Celery workers, with a redis-server, all started here "
+        "and stopped on exit (needs redis-server and ikproxy[celery])",
+    )
     demo.set_defaults(handler=_demo)
 
     serve = commands.add_parser(
@@ -131,12 +140,28 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from ikproxy.demo.app import create_demo_app, deployment_from_env
 
+    if args.workers:
+        return _demo_on_workers(args)
     try:
         deployment = deployment_from_env()
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     label = "demo" if deployment is None else "demo (on the SCALE deployment in IKOMIA_ENDPOINT)"
     return _serve(lambda: create_demo_app(deployment), args.host, args.port, label)
+
+
+def _demo_on_workers(args: argparse.Namespace) -> int:
+    from ikproxy.demo.app import create_demo_app
+    from ikproxy.demo.cluster import ClusterError, demo_cluster
+
+    try:
+        with demo_cluster(args.workers):
+            from ikproxy.demo.workers import deployment
+
+            label = f"demo (on {args.workers} Celery worker{'s' if args.workers > 1 else ''})"
+            return _serve(lambda: create_demo_app(deployment), args.host, args.port, label)
+    except ClusterError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _serve_scale(args: argparse.Namespace) -> int:

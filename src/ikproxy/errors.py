@@ -18,6 +18,7 @@ __all__ = [
     "AccessDenied",
     "AuthenticationFailed",
     "BadRequest",
+    "BrokerUnavailable",
     "CrossSiteRequest",
     "FetchError",
     "FetchHTTPError",
@@ -304,6 +305,14 @@ class StoreUnavailable(IkproxyError):
     status = 503
     code = "store_unavailable"
     public_message = "The shared store could not be reached; try again shortly."
+
+
+class BrokerUnavailable(IkproxyError):
+    """A task queue's broker (Celery's) could not take a run in time: 503 `broker_unavailable`."""
+
+    status = 503
+    code = "broker_unavailable"
+    public_message = "The task queue could not be reached; try again shortly."
 
 
 # -- refusals written for the client ------------------------------------------------

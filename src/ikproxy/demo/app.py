@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from ikproxy.asgi import create_app
-from ikproxy.deployments import Deployment
+from ikproxy.deployments import Deployment, SupportsRunLog
 from ikproxy.policy.limits import TokenBucket
 from ikproxy.policy.params import Param
 
@@ -81,12 +81,17 @@ def _prompt(required: bool) -> Param:
 
 def _local_routes(deployment: Deployment) -> tuple[list[BaseRoute], list[Tool]]:
     limit = TokenBucket(rate=1.0, burst=20)
+    # On workers, runs live in the shared store: resumable on any instance.
+    shared: dict[str, Any] = {}
+    if isinstance(deployment, SupportsRunLog):
+        shared["resume_window"] = 60.0
     generate = create_app(
         deployment,
         task="generate",
         parameters={"prompt": _prompt(True), "seed": Param(int, minimum=0, maximum=2**32 - 1)},
         max_inputs=0,
         rate_limit=limit,
+        **shared,
     )
     edges = create_app(
         deployment,
@@ -95,6 +100,7 @@ def _local_routes(deployment: Deployment) -> tuple[list[BaseRoute], list[Tool]]:
         max_inputs=1,
         max_upload_bytes=MAX_UPLOAD_BYTES,
         rate_limit=limit,
+        **shared,
     )
     tools = [
         Tool(
@@ -140,14 +146,16 @@ def _remote_routes(deployment: Deployment) -> tuple[list[BaseRoute], list[Tool]]
 def create_demo_app(deployment: Deployment | None = None) -> Starlette:
     """The demo app: the page at `/`, the proxy at `/api`.
 
-    Without a deployment: the local demo deployment (`ikproxy.demo`). Any other
-    deployment (a SCALE `Client`) gets the one-form layout; it is closed when
-    the app shuts down.
+    Without a deployment: the local demo deployment (`ikproxy.demo`); the demo's
+    tasks on Celery workers (`ikproxy.demo.workers.deployment`) get the same
+    layout. Any other deployment (a SCALE `Client`) gets the one-form layout;
+    it is closed when the app shuts down.
     """
-    if deployment is None:
-        from ikproxy.demo.tasks import deployment as demo_deployment
+    if deployment is None or isinstance(deployment, SupportsRunLog):
+        if deployment is None:
+            from ikproxy.demo.tasks import deployment as demo_deployment
 
-        deployment = demo_deployment
+            deployment = demo_deployment
         routes, tools = _local_routes(deployment)
         backend = "local"
     else:

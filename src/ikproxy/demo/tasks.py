@@ -25,6 +25,7 @@ import random
 import time
 import unicodedata
 from collections.abc import Callable, Generator
+from typing import Any
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
 
@@ -36,6 +37,7 @@ from ikproxy.io import BaseIO, ImageIO
 __all__ = [
     "MAX_IMAGE_SIDE",
     "MAX_PROMPT_LENGTH",
+    "add_demo_tasks",
     "create_deployment",
     "deployment",
     "edges",
@@ -57,6 +59,13 @@ def create_deployment(
     speed: float = 1.0, *, max_concurrency: int | None = 4, timeout: float | None = 60.0
 ) -> LocalDeployment:
     """A deployment with the `generate` and `edges` tasks; `speed=20` paints 20 times faster."""
+    demo = LocalDeployment(max_concurrency=max_concurrency, timeout=timeout, name="demo")
+    add_demo_tasks(demo, speed)
+    return demo
+
+
+def add_demo_tasks(deployment: Any, speed: float = 1.0) -> None:
+    """Register `generate` and `edges` on `deployment` (a `LocalDeployment` or a Celery one)."""
     if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0 < speed < math.inf:
         raise ValueError(f"speed must be a number > 0, not {speed!r}")
     step_seconds = STEP_SECONDS / speed
@@ -66,10 +75,8 @@ def create_deployment(
     ) -> Generator[Update, None, ImageIO]:
         return (yield from generate(prompt=prompt, size=size, seed=seed, step_seconds=step_seconds))
 
-    demo = LocalDeployment(max_concurrency=max_concurrency, timeout=timeout, name="demo")
-    demo.add_task(generate_task, "generate", validate=_check_generate)
-    demo.add_task(edges, "edges", validate=_check_edges)
-    return demo
+    deployment.add_task(generate_task, "generate", validate=_check_generate)
+    deployment.add_task(edges, "edges", validate=_check_edges)
 
 
 # -- generate ----------------------------------------------------------------------

@@ -6,7 +6,9 @@ The proxy core accepts any object that has this shape. A deployment whose
 runs live upstream, beyond the process that submitted them, may also be
 `SupportsAttach`: the proxy then resumes its runs on any instance. One that
 sends files to remote storage may be `SupportsStreamingUpload`: the proxy
-then stores a browser's file while it arrives.
+then stores a browser's file while it arrives. One whose runs are produced
+elsewhere and write their own events to a shared store (Celery workers) is
+`SupportsRunLog`: the proxy then follows that log instead of writing one.
 """
 
 from __future__ import annotations
@@ -17,8 +19,15 @@ from typing import Any, Protocol, runtime_checkable
 
 from ikproxy.io import FileIO, InputLike
 from ikproxy.model import Progress, Results
+from ikproxy.stores import Store
 
-__all__ = ["Deployment", "StreamingUpload", "SupportsAttach", "SupportsStreamingUpload"]
+__all__ = [
+    "Deployment",
+    "StreamingUpload",
+    "SupportsAttach",
+    "SupportsRunLog",
+    "SupportsStreamingUpload",
+]
 
 
 @runtime_checkable
@@ -95,3 +104,28 @@ class SupportsStreamingUpload(Protocol):
     def streaming_upload(self, content_type: str) -> AbstractAsyncContextManager[StreamingUpload]:
         """Open the upload of a file of this type."""
         ...
+
+
+@runtime_checkable
+class SupportsRunLog(Protocol):
+    """An optional capability: runs produced elsewhere that write their own log in `store`.
+
+    `run_logged(token, ...)` keeps `run_stream`'s contract, for a run whose log
+    `token` the caller created in `store` (empty, with a TTL of `ttl` seconds):
+    the run's producer (a worker) appends its events there and holds its owner
+    lease, and the stream follows that log. With a shared store and
+    `resume_window`, the proxy starts runs so, and every instance follows the
+    same log (`ikproxy.runs`).
+    """
+
+    store: Store
+
+    def run_logged(
+        self,
+        token: str,
+        *inputs: InputLike,
+        parameters: Mapping[str, Any] | None = None,
+        task: str | None = None,
+        timeout: float | None = None,
+        ttl: float,
+    ) -> AsyncIterator[Progress]: ...

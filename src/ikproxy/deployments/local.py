@@ -71,8 +71,15 @@ import anyio
 import anyio.lowlevel
 
 from ikproxy.deployments.runner import Done, TaskRun, task_items
-from ikproxy.deployments.tasks import Task, TaskFailed, Update, check_cancelled, is_number, quote
-from ikproxy.errors import InvalidParameter
+from ikproxy.deployments.tasks import (
+    Task,
+    TaskFailed,
+    TaskTable,
+    Update,
+    check_cancelled,
+    is_number,
+    task_decorator,
+)
 from ikproxy.io import InputLike, as_inputs
 from ikproxy.model import Progress, Results, State
 
@@ -111,7 +118,7 @@ class LocalDeployment:
         self.name = name
         self.max_concurrency = max_concurrency
         self.timeout = timeout
-        self._tasks: dict[str, Task] = {}
+        self._tasks = TaskTable()
         # One limiter per event loop: anyio primitives belong to the loop that made them.
         self._limiter: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
             f"ikproxy.local.limiter.{id(self):x}"
@@ -120,14 +127,14 @@ class LocalDeployment:
             self.add_task(fn, task_name)
 
     def __repr__(self) -> str:
-        return f"<LocalDeployment {self.name!r} tasks={list(self._tasks)!r}>"
+        return f"<LocalDeployment {self.name!r} tasks={list(self._tasks.names)!r}>"
 
     # -- registration ------------------------------------------------------------
 
     @property
     def task_names(self) -> tuple[str, ...]:
         """The registered task names, the default one first."""
-        return tuple(self._tasks)
+        return self._tasks.names
 
     def add_task(
         self,
@@ -144,15 +151,7 @@ class LocalDeployment:
         too large), so the refusal comes before any progress. It runs in the
         event loop, so it must be quick.
         """
-        if not callable(fn):
-            raise TypeError(f"a task must be callable, not {type(fn).__name__}")
-        if name is None:
-            name = getattr(fn, "__name__", None) or type(fn).__name__
-        if not isinstance(name, str) or not name:
-            raise ValueError("a task name must be a non-empty string")
-        if name in self._tasks:
-            raise ValueError(f"task {name!r} is already registered")
-        self._tasks[name] = Task.from_callable(name, fn, validate)
+        self._tasks.add(fn, name, validate)
 
     @overload
     def task(self, fn: F, /) -> F: ...
@@ -168,16 +167,7 @@ class LocalDeployment:
         validate: Callable[..., object] | None = None,
     ) -> Any:
         """Decorator registering a task: `@deployment.task` or `@deployment.task("name")`."""
-        if callable(fn_or_name):
-            self.add_task(fn_or_name, validate=validate)
-            return fn_or_name
-        name = fn_or_name
-
-        def register(fn: F) -> F:
-            self.add_task(fn, name, validate=validate)
-            return fn
-
-        return register
+        return task_decorator(self.add_task, fn_or_name, validate=validate)
 
     # -- running -----------------------------------------------------------------
 
@@ -266,16 +256,7 @@ class LocalDeployment:
     # -- helpers -----------------------------------------------------------------
 
     def _get_task(self, name: str | None) -> Task:
-        if not self._tasks:
-            raise InvalidParameter(f"deployment {self.name!r} has no tasks")
-        if name is None:
-            return next(iter(self._tasks.values()))
-        spec = self._tasks.get(name) if isinstance(name, str) else None
-        if spec is None:
-            raise InvalidParameter(
-                f"unknown task {quote(name)}; valid tasks: {', '.join(sorted(self._tasks))}"
-            )
-        return spec
+        return self._tasks.get(name, self.name)
 
     def _get_limiter(self) -> anyio.CapacityLimiter | None:
         if self.max_concurrency is None:

@@ -27,6 +27,7 @@ __all__ = [
     "PNG_MODES",
     "Task",
     "TaskFailed",
+    "TaskTable",
     "Update",
     "as_update",
     "check_cancelled",
@@ -34,6 +35,7 @@ __all__ = [
     "is_number",
     "outputs",
     "quote",
+    "task_decorator",
     "to_output",
     "to_outputs",
 ]
@@ -303,6 +305,70 @@ def _path_positions(fn: Callable[..., Any], signature: inspect.Signature) -> fro
         if hint is Path or hint in ("Path", "pathlib.Path"):
             positions.add(index)
     return frozenset(positions)
+
+
+class TaskTable:
+    """The tasks of one deployment by name, the default (first registered) one first.
+
+    Shared by every deployment that runs task functions, wherever they run.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def add(
+        self,
+        fn: Callable[..., Any],
+        name: str | None = None,
+        validate: Callable[..., object] | None = None,
+    ) -> Task:
+        """Register `fn` as task `name` (default: the function's name); return its `Task`."""
+        if not callable(fn):
+            raise TypeError(f"a task must be callable, not {type(fn).__name__}")
+        if name is None:
+            name = getattr(fn, "__name__", None) or type(fn).__name__
+        if not isinstance(name, str) or not name:
+            raise ValueError("a task name must be a non-empty string")
+        if name in self._tasks:
+            raise ValueError(f"task {name!r} is already registered")
+        spec = self._tasks[name] = Task.from_callable(name, fn, validate)
+        return spec
+
+    def get(self, name: str | None, deployment: str) -> Task:
+        """Task `name` (None: the default one); `InvalidParameter` naming the valid ones."""
+        if not self._tasks:
+            raise InvalidParameter(f"deployment {deployment!r} has no tasks")
+        if name is None:
+            return next(iter(self._tasks.values()))
+        spec = self._tasks.get(name) if isinstance(name, str) else None
+        if spec is None:
+            raise InvalidParameter(
+                f"unknown task {quote(name)}; valid tasks: {', '.join(sorted(self._tasks))}"
+            )
+        return spec
+
+
+def task_decorator(
+    add: Callable[..., object], fn_or_name: Callable[..., Any] | str | None, **options: Any
+) -> Any:
+    """What `@deployment.task` and `@deployment.task("name", ...)` return, given `add_task`."""
+    if callable(fn_or_name):
+        add(fn_or_name, **options)
+        return fn_or_name
+    name = fn_or_name
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        add(fn, name, **options)
+        return fn
+
+    return register
 
 
 # -- messages --------------------------------------------------------------------

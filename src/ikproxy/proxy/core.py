@@ -44,9 +44,10 @@ from ikproxy.protocol import (
     parse_position,
 )
 from ikproxy.proxy.access import Access, with_headers
-from ikproxy.proxy.outputs import Opener, OutputStore, by_reference, serve, storage_opener
+from ikproxy.proxy.outputs import Opener, OutputStore, by_reference, serve_any, storage_opener
 from ikproxy.proxy.parsing import negotiate_format, read_run_request, read_run_request_sync
 from ikproxy.proxy.request import ProxyRequest, RunSpec
+from ikproxy.proxy.starting import open_stream, prepend, shared_outputs_for, store_for
 from ikproxy.proxy.stream import RunStream, StreamFormat, StreamOptions, stream_headers
 from ikproxy.proxy.uploads import UploadDir, resolve_inputs
 from ikproxy.runs.caps import ActiveRuns
@@ -54,7 +55,7 @@ from ikproxy.runs.log import RunLog
 from ikproxy.runs.ownership import Attach
 from ikproxy.runs.registry import Followable, RunRegistry
 from ikproxy.runs.sealed import SEALED_PREFIX, ExpiredReference, InvalidReference, Sealer
-from ikproxy.stores import MemoryStore, Store, StoreUnavailable
+from ikproxy.stores import Store, StoreUnavailable
 
 __all__ = [
     "METHODS",
@@ -149,7 +150,7 @@ class Proxy:
         self.deployment = deployment
         self.policy = policy or Policy(**options)
         #: Where runs, rate limits and active-run slots live (`ikproxy.stores`).
-        self.store: Store = self.policy.store if self.policy.store is not None else MemoryStore()
+        self.store: Store = store_for(self.policy, deployment)
         #: The site check, the access hooks, the rate limits and CORS (`proxy.access`).
         self.access = Access(self.policy, self.store)
         window = self.policy.resume_window
@@ -168,7 +169,7 @@ class Proxy:
             sealer if isinstance(deployment, SupportsAttach) and not self.store.shared else None
         )
         #: The outputs served by reference (`/outputs/<token>/<index>`).
-        self.outputs = OutputStore(self.policy.output_window)
+        self.outputs = OutputStore(self.policy.output_window, shared=shared_outputs_for(self.store))
 
     def _attacher(self) -> Attach | None:
         """How to follow a run of the deployment by its upstream id, when it can."""
@@ -185,7 +186,10 @@ class Proxy:
         """Answer one request; hooks may be sync or async. Never raises for bad input."""
         request_id = new_request_id(request.header("x-request-id"))
         try:
-            response = self._route(request) or await self._run(request, body, request_id)
+            route = self._route(request)
+            if inspect.isawaitable(route):
+                route = await route
+            response = route or await self._run(request, body, request_id)
         except HTTPError as exc:
             response = error_response(exc, request_id)
         except StoreUnavailable as exc:
@@ -221,7 +225,10 @@ class Proxy:
         """
         request_id = new_request_id(request.header("x-request-id"))
         try:
-            response = self._route(request) or self._run_sync(request, body, request_id)
+            route = self._route(request)
+            if inspect.isawaitable(route):
+                route = blocking_portal().call(_later, route)
+            response = route or self._run_sync(request, body, request_id)
         except HTTPError as exc:
             response = error_response(exc, request_id)
         except StoreUnavailable as exc:
@@ -257,7 +264,7 @@ class Proxy:
 
     # -- routing --------------------------------------------------------------
 
-    def _route(self, request: ProxyRequest) -> ProxyResponse | None:
+    def _route(self, request: ProxyRequest) -> ProxyResponse | Awaitable[ProxyResponse] | None:
         """The answer for every path but `/run` (None): assets, health, 404 and 405."""
         path = "/" + request.path.strip("/")
         method = request.method.upper()
@@ -282,8 +289,8 @@ class Proxy:
                 200, {"status": "ok", "protocol": PROTOCOL_VERSION, "version": __version__}
             )
         if output:
-            status, headers, content = serve(self.outputs, path, method, request.header("range"))
-            return ProxyResponse(status, headers, content)
+            answer = serve_any(self.outputs, path, method, request.header("range"))
+            return ProxyResponse(*answer) if isinstance(answer, tuple) else _later(answer)
         name, media_type = _ASSETS[path]
         return ProxyResponse(
             200, {"Content-Type": media_type, "Cache-Control": "no-cache"}, _asset(name)
@@ -304,9 +311,8 @@ class Proxy:
         """
         policy = self.policy
         slot, log = await self._accept(spec, key)
-        stream = self.deployment.run_stream(
-            *spec.inputs, parameters=spec.parameters, task=policy.task, timeout=policy.timeout
-        )
+        window = self.runs.window if self.runs is not None else None
+        stream, logged = open_stream(self.deployment, spec, policy, log, window)
         if slot is not None and self.active_runs is not None:
             stream = self.active_runs.hold(slot, stream)
         stream = self._by_reference(stream, base, uploads)
@@ -323,18 +329,19 @@ class Proxy:
         options = StreamOptions.from_policy(policy, spec.format, spec.request_id)
         if self.sealer is not None and key is not None and first is not None and first.uuid:
             # The upstream keeps the run: its event ids carry a sealed reference to it.
-            body = self._sealed(_prepend(first, stream), first.uuid, key, options, 0)
+            body = self._sealed(prepend(first, stream), first.uuid, key, options, 0)
             return ProxyResponse(200, headers, body)
         if self.runs is not None:
             run = self.runs.start(
-                _prepend(first, stream),
+                prepend(first, stream),
                 request_id=spec.request_id,
-                timeout=policy.timeout,
+                timeout=None if logged else policy.timeout,  # a worker holds its deadline
                 log=log,
+                remote=logged,
             )
             body = self._follow(run, options, after=0)
             return ProxyResponse(200, headers, body)
-        return ProxyResponse(200, headers, RunStream(_prepend(first, stream), options))
+        return ProxyResponse(200, headers, RunStream(prepend(first, stream), options))
 
     async def _accept(self, spec: RunSpec, key: str | None) -> tuple[str | None, RunLog | None]:
         """Take the run's active-run slot (429 `too_many_runs`), its token (429
@@ -476,7 +483,7 @@ class Proxy:
         stream = deployment.attach(uuid, task=self.policy.task, timeout=self.policy.timeout)
         stream = self._by_reference(stream, "", None)
         first = await _first(stream, request_id)
-        body = self._sealed(_prepend(first, stream), uuid, caller, options, seen)
+        body = self._sealed(prepend(first, stream), uuid, caller, options, seen)
         return ProxyResponse(200, stream_headers(options.format, request_id), body)
 
 
@@ -528,7 +535,8 @@ async def _first(stream: AsyncIterator[Progress], request_id: str) -> Progress |
             raise _gone() from None
         status, code, message = public_error(exc)
         logger.error("run refused [request_id=%s code=%s]", request_id, code, exc_info=exc)
-        raise HTTPError(status, code, message) from None
+        headers = {"Retry-After": "1"} if status == 503 else None
+        raise HTTPError(status, code, message, headers=headers) from None
 
 
 def _store_unavailable(exc: StoreUnavailable) -> HTTPError:
@@ -537,13 +545,7 @@ def _store_unavailable(exc: StoreUnavailable) -> HTTPError:
     return HTTPError(status, code, message, headers={"Retry-After": "1"})
 
 
-async def _prepend(
-    first: Progress | None, rest: AsyncIterator[Progress]
-) -> AsyncIterator[Progress]:
-    try:
-        if first is not None:
-            yield first
-        async for item in rest:
-            yield item
-    finally:
-        await aclose(rest)
+async def _later(answer: Awaitable[Any]) -> ProxyResponse:
+    """A response that is awaited: a shared output's, or an answer being read."""
+    got = await answer
+    return got if isinstance(got, ProxyResponse) else ProxyResponse(*got)

@@ -9,8 +9,9 @@ the outputs of that run until `output_window` seconds after the run ended,
 and nobody else can guess it.
 
 The store is in the memory of one process, behind a small interface
-(`put`, `get`, `close`) so that a shared store can implement it later; with
-several workers, downloads then need sticky sessions, as resumable runs do.
+(`put`, `get`, `close`). With a `RedisStore`, the proxy also serves the
+outputs kept in the shared output store (`ikproxy.stores.outputs`, where Celery
+workers put theirs): those download from any instance.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.to_thread
@@ -37,6 +38,9 @@ from ikproxy.deployments.scale.storage import Storage, StorageObject
 from ikproxy.errors import HTTPError, IkproxyError
 from ikproxy.io import BaseIO, FileIO, ImageIO, RefIO, StorageObjectIO
 from ikproxy.model import Results
+
+if TYPE_CHECKING:
+    from ikproxy.stores.outputs import SharedOutputs
 
 __all__ = [
     "CHUNK_SIZE",
@@ -47,8 +51,12 @@ __all__ = [
     "OutputStore",
     "RangeNotSatisfiable",
     "by_reference",
+    "output_address",
     "parse_range",
+    "respond",
     "serve",
+    "serve_any",
+    "serve_shared",
 ]
 
 logger = logging.getLogger("ikproxy")
@@ -188,10 +196,14 @@ class OutputStore:
         *,
         max_runs: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedOutputs | None = None,
     ) -> None:
         if window <= 0:
             raise ValueError("output_window must be a positive number of seconds")
         self.window = window
+        #: The outputs every instance serves (`ikproxy.stores.outputs`), looked up when
+        #: a token is not one of this process's.
+        self.shared = shared
         self.max_runs = max_runs
         self.clock = clock
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
@@ -388,7 +400,7 @@ async def by_reference(
     if not any(body is not None for body in bodies):
         return results
     served = [None if isinstance(body, Presigned) else body for body in bodies]
-    token = store.put(served) if any(body is not None for body in served) else ""
+    token = await _keep(store, served) if any(body is not None for body in served) else ""
     outputs: list[BaseIO] = []
     for index, (output, body) in enumerate(zip(results.outputs, bodies, strict=True)):
         if body is None:
@@ -398,6 +410,36 @@ async def by_reference(
         of = output.kind if output.kind in ("image", "storage_object") else "file"
         outputs.append(RefIO(url, of=of, content_type=body.content_type, size=body.size))
     return Results(tuple(outputs), uuid=results.uuid)
+
+
+async def _keep(store: OutputStore, bodies: Sequence[OutputBody | None]) -> str:
+    """Keep one run's bodies: in the shared output store if there is one (every instance
+    serves them then), else in this process. Stored SCALE outputs stay here (another
+    instance would need the storage's client to stream them), and so do outputs over the
+    shared store's Redis limit when it has no location for them."""
+    shared = store.shared
+    if (
+        shared is None
+        or any(isinstance(body, StorageBody) for body in bodies)
+        or (shared.location is None and any(b and b.size > shared.redis_limit for b in bodies))
+    ):
+        return store.put(bodies)
+    from ikproxy.stores.outputs import SharedOutput  # redis-py: only with a shared store
+
+    kept: list[SharedOutput | None] = []
+    for body in bodies:
+        if isinstance(body, InlineBody):
+            kept.append(SharedOutput(body.content_type, body.data))
+        elif isinstance(body, FileBody):
+            kept.append(SharedOutput(body.content_type, path=body.path))
+        else:
+            kept.append(None)
+    try:
+        return await shared.put(kept, window=store.window)
+    finally:
+        for body in bodies:
+            if isinstance(body, FileBody):
+                body.discard()  # this process's copy: the shared store holds its bytes now
 
 
 async def _file_body(store: OutputStore, output: FileIO) -> FileBody:
@@ -418,15 +460,59 @@ def serve(
     Raises `HTTPError`: 404 for an unknown token or index, 410 once the
     outputs have expired, 416 for a range outside the output.
     """
-    _, token, index_text = [*path.strip("/").split("/"), "", ""][:3]
-    if not index_text.isdigit() or len(index_text) > 6:
-        raise HTTPError(404, "not_found", "no such output")
+    token, index = output_address(path)
     try:
-        body = store.get(token, int(index_text))
+        body = store.get(token, index)
     except OutputExpired:
         raise HTTPError(410, "output_expired", "this output has expired") from None
     except KeyError:
         raise HTTPError(404, "not_found", "no such output") from None
+    return respond(body, method, range_header)
+
+
+Answer = tuple[int, dict[str, str], AsyncIterator[bytes]]
+
+
+def serve_any(
+    store: OutputStore, path: str, method: str, range_header: str | None
+) -> Answer | Awaitable[Answer]:
+    """`serve` from this process's outputs; else, awaitable, from `store.shared` if any."""
+    try:
+        return serve(store, path, method, range_header)
+    except HTTPError as exc:
+        if exc.status != 404 or store.shared is None:
+            raise
+        return serve_shared(store.shared, path, method, range_header)
+
+
+async def serve_shared(
+    shared: SharedOutputs, path: str, method: str, range_header: str | None
+) -> tuple[int, dict[str, str], AsyncIterator[bytes]]:
+    """`serve` for an output kept in the shared output store (`ikproxy.stores.outputs`)."""
+    from ikproxy.stores.outputs import OutputGone  # redis-py: only with a shared store
+
+    token, index = output_address(path)
+    try:
+        body = await shared.get(token, index)
+    except OutputGone:
+        raise HTTPError(410, "output_expired", "this output has expired") from None
+    except KeyError:
+        raise HTTPError(404, "not_found", "no such output") from None
+    return respond(body, method, range_header)
+
+
+def output_address(path: str) -> tuple[str, int]:
+    """The token and index of `/outputs/<token>/<index>`; 404 when it cannot be one."""
+    _, token, index_text = [*path.strip("/").split("/"), "", ""][:3]
+    if not index_text.isdigit() or len(index_text) > 6:
+        raise HTTPError(404, "not_found", "no such output")
+    return token, int(index_text)
+
+
+def respond(
+    body: OutputBody, method: str, range_header: str | None
+) -> tuple[int, dict[str, str], AsyncIterator[bytes]]:
+    """Status, headers and bytes of one output, for a `GET` or `HEAD` with an optional `Range`."""
     size = body.size
     headers = {
         "Content-Type": body.content_type,

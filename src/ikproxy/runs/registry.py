@@ -62,6 +62,14 @@ class _TooManyEvents(IkproxyError):
     """A run sent more events than a log keeps."""
 
 
+class ReadEvents(Protocol):
+    """`Store.read_events`'s signature: the events of `run` after `after`, waiting a while."""
+
+    async def __call__(
+        self, run: str, after: int, *, timeout: float, limit: int = 1000
+    ) -> list[tuple[int, dict[str, Any]]]: ...
+
+
 class Followable(Protocol):
     """A run a client can follow: its token, its event count, and its events after `after`."""
 
@@ -90,6 +98,7 @@ class SharedRun:
         timeout: float | None,
         log: RunLog | None = None,
         items: list[dict[str, Any]] | None = None,
+        remote: bool = False,
     ) -> None:
         self.token = token
         self.request_id = request_id
@@ -100,6 +109,10 @@ class SharedRun:
         self.followers = 0
         #: The run's store log, when the store is shared.
         self.log = log
+        #: Whether the run's producer is elsewhere (a worker): it writes the log and holds
+        #: the lease; this run only reads its stream (a follower of that log) for the
+        #: followers here, and stops it when nobody follows it anywhere.
+        self.remote = remote
         #: Set once the run has ended and its every event is in the store.
         self.flushed = asyncio.Event()
         self._registry = registry
@@ -110,7 +123,9 @@ class SharedRun:
         #: Set when another instance took the run over: this one writes it no more.
         self.disowned = False
         self._owner = (
-            asyncio.get_running_loop().create_task(self._own(log)) if log is not None else None
+            asyncio.get_running_loop().create_task(self._own(log))
+            if log is not None and not remote
+            else None
         )
 
     @property
@@ -171,7 +186,7 @@ class SharedRun:
             self.done = True
             self._notify()
             self._expire_later()
-            if self.log is None:
+            if self.log is None or self.remote:
                 self.flushed.set()
 
     def log_events(self) -> list[dict[str, Any]]:
@@ -183,7 +198,7 @@ class SharedRun:
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
-        if self.log is not None:
+        if self.log is not None and not self.remote:
             self._registry.writer.mark(self)
 
     def _expire_later(self) -> None:
@@ -272,6 +287,9 @@ class StoredRun:
         info: RunInfo,
         window: float,
         takeover: Takeover | None = None,
+        *,
+        mark_followed: bool = True,
+        read: ReadEvents | None = None,
     ) -> None:
         self.store = store
         self.token = token
@@ -279,6 +297,12 @@ class StoredRun:
         self.info = info
         #: What to do when the run's owner is gone (checked while waiting for events).
         self.takeover = takeover
+        #: Whether reading marks the run followed (a client's reading does; the reading
+        #: of the instance that streams a worker's run to its own followers does not).
+        self.mark_followed = mark_followed
+        #: How the events are read: the store's `read_events`, or a reader sharing one
+        #: connection among the followers of an instance (`ikproxy.stores.tail`).
+        self.read = read or store.read_events
 
     @property
     def count(self) -> int:
@@ -301,14 +325,18 @@ class StoredRun:
         backoff = 0.05
         # The "followed" mark is renewed by a task of its own, so that a client
         # slow to read does not let the run be stopped as abandoned.
-        keeper = asyncio.get_running_loop().create_task(self._keep_followed())
+        keeper = (
+            asyncio.get_running_loop().create_task(self._keep_followed())
+            if self.mark_followed
+            else None
+        )
         try:
             while True:
                 now = time.monotonic()
                 try:
                     poll = _POLL if self.takeover is None else CHECK_EVERY
                     wait = min(window / 3, poll)
-                    events = await store.read_events(self.token, after, timeout=wait)
+                    events = await self.read(self.token, after, timeout=wait)
                     if not events:
                         info = await store.run_info(self.token)
                         if info is None:
@@ -343,12 +371,13 @@ class StoredRun:
                     if event.get("results") is not None:
                         return
         finally:
-            keeper.cancel()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                try:
-                    await store.touch_run(self.token, ttl=window)
-                except StoreUnavailable:
-                    pass
+            if keeper is not None:
+                keeper.cancel()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    try:
+                        await store.touch_run(self.token, ttl=window)
+                    except StoreUnavailable:
+                        pass
 
     async def _keep_followed(self) -> None:
         """Mark the run followed now and every third of the window, while the follower reads."""
@@ -419,14 +448,20 @@ class RunRegistry:
         request_id: str,
         timeout: float | None,
         log: RunLog | None = None,
+        remote: bool = False,
     ) -> SharedRun:
-        """Read `stream` in a task of its own and keep its events under a new token."""
+        """Read `stream` in a task of its own and keep its events under a new token.
+
+        `remote`: the run's producer writes `log` itself (see `SharedRun.remote`).
+        """
         while len(self._runs) >= self.max_runs:
             # Memory stays bounded: the oldest run is stopped and forgotten.
             oldest = next(iter(self._runs))
             self._runs.pop(oldest).cancel()
         token = log.token if log is not None else secrets.token_urlsafe(18)
-        run = SharedRun(self, token, stream, request_id=request_id, timeout=timeout, log=log)
+        run = SharedRun(
+            self, token, stream, request_id=request_id, timeout=timeout, log=log, remote=remote
+        )
         self._runs[token] = run
         return run
 

@@ -25,6 +25,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ikproxy.deployments",),
     ("ikproxy.policy",),
     ("ikproxy.runs",),
+    # Celery workers run tasks and write their runs' logs: above `runs`, below the proxy.
+    ("ikproxy.deployments.celery",),
     ("ikproxy.proxy",),
     ("ikproxy.asgi", "ikproxy.wsgi", "ikproxy.server", "ikproxy.adapters"),
     ("ikproxy.browser",),
@@ -76,9 +78,15 @@ def _imports(module: str, path: Path) -> list[tuple[str, str | None, int]]:
 def _rank(module: str) -> int:
     if module in TOP:
         return len(LAYERS)
-    for rank, layer in enumerate(LAYERS):
-        if any(module == m or module.startswith(m + ".") for m in layer):
-            return rank
+    # The layer of the longest name that `module` is or is inside of.
+    found = [
+        (len(m), rank)
+        for rank, layer in enumerate(LAYERS)
+        for m in layer
+        if module == m or module.startswith(m + ".")
+    ]
+    if found:
+        return max(found)[1]
     raise AssertionError(f"{module} is in no layer: add it to LAYERS")
 
 
