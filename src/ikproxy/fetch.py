@@ -28,6 +28,7 @@ from urllib.parse import unquote
 import anyio
 import httpx
 
+from ikproxy.decimals import parse_decimal
 from ikproxy.errors import (
     FetchHTTPError,
     FetchNotFound,
@@ -39,6 +40,7 @@ from ikproxy.errors import (
     FetchUnsupportedScheme,
 )
 from ikproxy.io import SNIFF_BYTES, sniff_content_type
+from ikproxy.redaction import redact_url
 
 __all__ = ["Fetched", "fetch_url", "is_public_address", "origin_of", "redact_url"]
 
@@ -71,17 +73,6 @@ class Fetched:
             return self.data
         assert self.path is not None
         return self.path.read_bytes()
-
-
-def redact_url(url: str | httpx.URL) -> str:
-    """The URL without user info, query or fragment: safe to log and to show."""
-    try:
-        parsed = httpx.URL(str(url))
-    except httpx.InvalidURL:
-        return "<invalid URL>"
-    if not parsed.host:
-        return f"{parsed.scheme}:"
-    return f"{origin_of(parsed)}{parsed.path}"
 
 
 def origin_of(url: str | httpx.URL) -> str:
@@ -255,8 +246,7 @@ async def _read_body(
     declared_length = response.headers.get("content-length")
     if (
         declared_length is not None
-        and declared_length.isdigit()
-        and (int(declared_length) > max_bytes)
+        and (parse_decimal(declared_length, max_digits=30) or 0) > max_bytes
     ):
         raise FetchTooLarge(
             f"{shown} is {declared_length} bytes, over the limit of {max_bytes}", url=shown
