@@ -36,6 +36,7 @@ import anyio
 from ikproxy.concurrency import aclose, deadline
 from ikproxy.errors import IkproxyError, UpstreamError, WorkflowFailed, error_code
 from ikproxy.model import Progress, State, StreamItem
+from ikproxy.redaction import fingerprint
 from ikproxy.runs.log import LogWriter, RunLog
 from ikproxy.runs.ownership import CHECK_EVERY, Attach, OwnerLease, Takeover
 from ikproxy.stores import MemoryStore, RunInfo, Store, StoreUnavailable
@@ -327,7 +328,9 @@ class StoredRun:
                 except StoreUnavailable as exc:
                     trouble_since = trouble_since or now
                     if now - trouble_since > window:
-                        logger.error("lost a followed run [token=%s]: %s", self.token, exc)
+                        logger.error(
+                            "lost a followed run [run=%s]: %s", fingerprint(self.token), exc
+                        )
                         raise _Failed("store_unavailable") from None
                     await anyio.sleep(backoff)
                     backoff = min(backoff * 2, 1.0)
@@ -356,7 +359,9 @@ class StoredRun:
             try:
                 await self.store.touch_run(self.token, ttl=self.window)
             except StoreUnavailable as exc:
-                logger.warning("could not mark a run followed [token=%s]: %s", self.token, exc)
+                logger.warning(
+                    "could not mark a run followed [run=%s]: %s", fingerprint(self.token), exc
+                )
             await anyio.sleep(min(self.window / 3, _POLL))
 
 
