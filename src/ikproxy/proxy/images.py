@@ -26,6 +26,13 @@ __all__ = ["IMAGE_FORMATS", "verify_image"]
 #: The formats accepted as uploads: those of `ImageIO`'s signatures that Pillow reads.
 IMAGE_FORMATS: Final = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "ICO", "AVIF")
 
+#: Formats whose decoder holds several canvases at once, by their cost in pixels a pixel
+#: (the limit counts 4 bytes a pixel): Pillow decodes WebP through libwebp's animation
+#: decoder (its canvas, the previous one and the decoder's buffers, then Pillow's copy:
+#: about 16 bytes a pixel), AVIF through libavif (YUV planes, then RGBA, then Pillow's
+#: copy: about 10), as measured by benchmarks/images_rss.py.
+PIXEL_COST: Final = {"WEBP": 4, "AVIF": 3}
+
 
 def verify_image(data: bytes, max_pixels: int) -> ImageIO:
     """`data` as an `ImageIO` once decoded whole; `HTTPError` 415 (not an image) or 413."""
@@ -34,7 +41,7 @@ def verify_image(data: bytes, max_pixels: int) -> ImageIO:
     extent = measure(data)
     if extent is None and not _is_avif(data):
         raise _not_an_image()
-    if extent is not None and extent.pixels > max_pixels:
+    if extent is not None and extent.pixels * PIXEL_COST.get(extent.format, 1) > max_pixels:
         raise _too_many_pixels(extent, max_pixels)
     fmt = extent.format if extent is not None else "AVIF"
     try:
@@ -45,9 +52,10 @@ def verify_image(data: bytes, max_pixels: int) -> ImageIO:
         raise _not_an_image() from None
     with image:
         width, height = image.size
-        frames = max(1, getattr(image, "n_frames", 1)) if fmt == "AVIF" else 1
-        if width * height * frames > max_pixels:  # AVIF, sized by its decoder's header parse
-            raise _too_many_pixels(Extent(fmt, width, height, frames), max_pixels)
+        if extent is None:  # AVIF, sized by its decoder's parse of the header
+            extent = Extent(fmt, width, height, max(1, getattr(image, "n_frames", 1)))
+            if extent.pixels * PIXEL_COST[fmt] > max_pixels:
+                raise _too_many_pixels(extent, max_pixels)
         if width < 1 or height < 1:
             raise _not_an_image()
         try:
@@ -73,10 +81,14 @@ def _not_an_image() -> HTTPError:
 
 
 def _too_many_pixels(extent: Extent | None, max_pixels: int) -> HTTPError:
+    accepted = f"at most {max_pixels} pixels are accepted"
+    cost = PIXEL_COST.get(extent.format, 1) if extent is not None else 1
+    if extent is not None and cost > 1:
+        accepted = f"at most {max_pixels // cost} pixels are accepted in {extent.format} images"
     if extent is None:
         what = "the image is too large"
     elif extent.frames == 1:
         what = f"the image is {extent.width}x{extent.height} pixels"
     else:
         what = f"the image has {extent.frames} frames, {extent.pixels} pixels in all"
-    return HTTPError(413, "payload_too_large", f"{what}: at most {max_pixels} pixels are accepted")
+    return HTTPError(413, "payload_too_large", f"{what}: {accepted}")

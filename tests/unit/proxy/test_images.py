@@ -44,7 +44,7 @@ def test_a_small_png_comes_back_as_the_same_bytes() -> None:
 @pytest.mark.parametrize("fmt", ["JPEG", "GIF", "BMP", "WEBP"])
 def test_other_browser_formats_are_accepted(fmt: str) -> None:
     data = _encoded(fmt)
-    assert verify_image(data, max_pixels=24).to_bytes() == data
+    assert verify_image(data, max_pixels=4 * 24).to_bytes() == data
 
 
 def test_the_accepted_formats() -> None:
@@ -95,7 +95,27 @@ def _frames(fmt: str, count: int, size: tuple[int, int] = (8, 6), **options: obj
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP", "TIFF"])
+def test_a_webp_costs_four_pixels_a_pixel() -> None:
+    data = _encoded("WEBP", (6, 4))
+    assert verify_image(data, max_pixels=4 * 24).to_bytes() == data
+    assert _refusal(data, max_pixels=4 * 24 - 1) == (
+        413,
+        "payload_too_large",
+        "the image is 6x4 pixels: at most 23 pixels are accepted in WEBP images",
+    )
+
+
+def test_an_avif_costs_three_pixels_a_pixel_every_frame_counted() -> None:
+    data = _frames("AVIF", 3, (6, 4))
+    assert verify_image(data, max_pixels=3 * 3 * 24).to_bytes() == data
+    assert _refusal(data, max_pixels=3 * 3 * 24 - 1) == (
+        413,
+        "payload_too_large",
+        "the image has 3 frames, 72 pixels in all: at most 71 pixels are accepted in AVIF images",
+    )
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "TIFF"])
 def test_an_animation_or_multi_page_file_counts_every_frame(fmt: str) -> None:
     data = _frames(fmt, 3)
     assert verify_image(data, max_pixels=3 * 48).to_bytes() == data
