@@ -39,6 +39,8 @@ class Policy:
     * `task`: the deployment task to run (None: its default).
     * `max_inputs`, `max_upload_bytes`: image uploads per request and the request body limit.
     * `max_image_pixels`: the largest image accepted (width times height; 413 beyond).
+    * `max_form_fields`: the most text fields of a form (multipart or urlencoded) or a
+      query string (413 beyond, as soon as the count is passed).
     * `authorize(request)`, `rate_limit` / `rate_limit_key(request)`: access hooks, given
       the framework's own request object.
     * `timeout`: a deadline per run in seconds; `keepalive`: the idle interval for
@@ -83,6 +85,7 @@ class Policy:
     max_inputs: int = 1
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    max_form_fields: int = 1000
     authorize: Authorize | None = None
     rate_limit: RateLimiter | None = field(default_factory=TokenBucket)
     rate_limit_key: Callable[[Any], MaybeAwaitable[str]] | None = None
@@ -138,6 +141,8 @@ class Policy:
             raise ValueError("max_upload_bytes and max_inputs must not be negative")
         if self.max_image_pixels < 1:
             raise ValueError("max_image_pixels must be at least 1")
+        if self.max_form_fields < 1:
+            raise ValueError("max_form_fields must be at least 1")
 
     @property
     def keys_callers(self) -> bool:

@@ -182,6 +182,15 @@ def too_many_inputs(policy: Policy) -> HTTPError:
     )
 
 
+def too_many_fields(policy: Policy) -> HTTPError:
+    """The refusal of a form or query with more fields than `policy.max_form_fields`."""
+    return HTTPError(
+        413,
+        "payload_too_large",
+        f"too many form fields: at most {policy.max_form_fields} per request",
+    )
+
+
 def _too_large(limit: int) -> HTTPError:
     return HTTPError(413, "payload_too_large", f"request body exceeds {limit} bytes")
 

@@ -304,3 +304,53 @@ async def test_a_short_async_multipart_body_read_while_parsed_is_refused() -> No
             request, body(), Policy(parameters={"prompt": str}), "r1", UploadDir()
         )
     assert caught.value.status == 400
+
+
+# -- many fields ---------------------------------------------------------------------------------
+
+MANY = 150_000
+TOO_MANY = (413, "payload_too_large", "too many form fields: at most 1000 per request")
+
+
+def test_a_multipart_body_of_150000_tiny_fields_is_refused_at_the_cap(
+    client: TestClient, deployment: ScriptedDeployment
+) -> None:
+    body = multipart([(f"f{i}", b"x", False) for i in range(MANY)], boundary="xyz")
+    assert len(body) < 16 * 1024**2
+    response = _post_multipart(client, body, "xyz")
+    assert _refused(response, *TOO_MANY[:2]) == TOO_MANY[2]
+    assert deployment.calls == []
+
+
+def test_the_multipart_reader_stops_at_the_first_field_past_the_cap() -> None:
+    from ikproxy.policy import Policy
+    from ikproxy.proxy.multipart import MultipartReader
+
+    reader = MultipartReader("multipart/form-data; boundary=xyz", Policy(max_form_fields=10), None)
+    body = multipart([(f"f{i}", b"x", False) for i in range(MANY)], boundary="xyz")
+    with pytest.raises(HTTPError) as refused:
+        reader.feed(body)
+    assert refused.value.message == "too many form fields: at most 10 per request"
+    assert len(reader.fields) == 10
+
+
+@pytest.mark.parametrize("where", ["form", "query"])
+def test_a_form_of_150000_fields_or_a_long_query_is_refused(
+    client: TestClient, deployment: ScriptedDeployment, where: str
+) -> None:
+    if where == "form":
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        pairs = "&".join(f"f{i}=x" for i in range(MANY))
+        response = client.post("/api/run", content=pairs, headers=form)
+    else:  # as many as a URL holds
+        response = client.get("/api/run?" + "&".join(["a"] * 20_000))
+    assert _refused(response, *TOO_MANY[:2]) == TOO_MANY[2]
+    assert deployment.calls == []
+
+
+def test_max_form_fields_is_a_checked_policy_option() -> None:
+    from ikproxy.policy import Policy
+
+    assert Policy().max_form_fields == 1000
+    with pytest.raises(ValueError, match="max_form_fields must be at least 1"):
+        Policy(max_form_fields=0)
