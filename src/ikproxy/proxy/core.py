@@ -505,7 +505,7 @@ class Proxy:
         deployment = cast(SupportsAttach, self.deployment)
         stream = deployment.attach(uuid, task=self.policy.task, timeout=self.policy.timeout)
         stream = self._by_reference(stream, "", None)
-        first = await _first(stream, request_id)
+        first = await _first(stream, request_id, attaching=True)
         body = self._sealed(_prepend(first, stream), uuid, caller, options, seen)
         return ProxyResponse(200, stream_headers(options.format, request_id), body)
 
@@ -540,10 +540,13 @@ def _gone() -> HTTPError:
     return HTTPError(410, "resume_expired", "the run to resume is unknown or has expired")
 
 
-async def _first(stream: AsyncIterator[Progress], request_id: str) -> Progress | None:
+async def _first(
+    stream: AsyncIterator[Progress], request_id: str, *, attaching: bool = False
+) -> Progress | None:
     """A run's first progress (None if it has none); its failure as an `HTTPError`.
 
-    An upstream that does not know the run (attaching to it) means it is gone: 410.
+    An upstream that does not know the run it is `attaching` to means it is gone: 410.
+    (A new run's `RunNotFound` is the upstream's failure, answered as its class says.)
     """
     try:
         return await stream.__anext__()
@@ -551,7 +554,7 @@ async def _first(stream: AsyncIterator[Progress], request_id: str) -> Progress |
         return None
     except Exception as exc:
         await aclose(stream)
-        if isinstance(exc, RunNotFound):
+        if attaching and isinstance(exc, RunNotFound):
             logger.info("resume refused [request_id=%s]: %s", request_id, exc)
             raise _gone() from None
         status, code, message = public_error(exc)
