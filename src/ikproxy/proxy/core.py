@@ -152,6 +152,8 @@ class Proxy:
         self.runs: RunRegistry | None = (
             RunRegistry(window, store=self.store, attach=self._attacher()) if window else None
         )
+        if self.runs is not None:  # the policy names its callers: a run is its caller's
+            self.runs.bind_callers = self.policy.rate_limit_key is not None
         cap = self.policy.max_active_runs
         #: The active-run cap, when `max_active_runs` is set.
         self.active_runs: ActiveRuns | None = ActiveRuns(self.store, cap) if cap else None
@@ -322,13 +324,10 @@ class Proxy:
         _check_wait(wait)
 
     def _caller_key(self, request: ProxyRequest) -> Any:
-        """The caller's key (maybe awaitable) for the active-run cap and sealed references.
-
-        The rate limit's key; None when there is neither a cap nor a sealer.
-        """
-        if self.active_runs is None and self.sealer is None:
+        """The rate limit's key (maybe awaitable), for the cap, sealed ids and bound runs."""
+        key_fn, binds = self.policy.rate_limit_key, self.runs is not None and self.runs.bind_callers
+        if self.active_runs is None and self.sealer is None and not binds:
             return None
-        key_fn = self.policy.rate_limit_key
         return key_fn(request.native) if key_fn else (request.client or "anonymous")
 
     # -- running ------------------------------------------------------------------
@@ -353,7 +352,7 @@ class Proxy:
         slot = await self.active_runs.acquire(str(key)) if self.active_runs is not None else None
         try:
             log = (
-                await self.runs.create(request_id=spec.request_id)
+                await self.runs.create(request_id=spec.request_id, caller=str(key))
                 if self.runs is not None
                 else None
             )
@@ -386,6 +385,7 @@ class Proxy:
                 request_id=spec.request_id,
                 timeout=policy.timeout,
                 log=log,
+                caller=str(key),
             )
             body = self._follow(run, options, after=0)
             return ProxyResponse(200, headers, body)
@@ -450,13 +450,13 @@ class Proxy:
         """The stream of a run resumed after its first `seen` events, on any instance."""
         assert self.runs is not None
         options = StreamOptions.from_policy(self.policy, format, request_id)
+        if inspect.isawaitable(key):
+            key = await key
         if self.sealer is not None and token.startswith(SEALED_PREFIX):
-            if inspect.isawaitable(key):
-                key = await key
             reference = token[len(SEALED_PREFIX) :]
             return await self._resume_sealed(reference, seen, str(key), options)
-        run = await self.runs.find(token)
-        if run is None:
+        run = await self.runs.find(token, str(key))
+        if run is None:  # unknown, expired, or another caller's: the same answer
             raise _gone()
         body = self._follow(run, options, run.resume_point(seen))
         return ProxyResponse(200, stream_headers(format, request_id), body)
