@@ -129,7 +129,13 @@ def main() -> None:
     limit = int(args.mpx * 1_000_000)
     bound = limit * 4 + args.margin * MiB
     port = free_port()
-    env = {**os.environ, "IKPROXY_BENCH_MAX_PIXELS": str(limit), "PYTHONPATH": str(Path.cwd())}
+    env = {
+        **os.environ,
+        "IKPROXY_BENCH_MAX_PIXELS": str(limit),
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path.cwd()), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
+    }
     command = [sys.executable, "-m", "uvicorn", "_images_app:app", "--port", str(port)]
     command += ["--log-level", "warning"]
     print(f"max_image_pixels = {limit}; bound = {limit} x 4 B + {args.margin} MiB", end="")

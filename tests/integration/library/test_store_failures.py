@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from starlette.routing import Mount
 
 from ikproxy.asgi import create_app
 from ikproxy.policy import Policy, TokenBucket
+from ikproxy.redaction import fingerprint
+from ikproxy.runs.ownership import OwnerLease, lease_name
 from ikproxy.stores import RedisStore, StoreUnavailable
 from tests.support.deployments import ScriptedDeployment
 from tests.support.redis import redis_server
@@ -286,3 +289,53 @@ async def _store_errors(url: str, timeout: float) -> list[str]:
             found += [str(exc), repr(exc), repr(exc.__cause__), str(exc.__cause__)]
     await store.aclose()
     return found
+
+
+class _Until(logging.Handler):
+    """Records of the `ikproxy` logger; `seen` is set once `count` of them came."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.count = count
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(logging.Formatter("%(levelname)s %(message)s").format(record))
+        if len(self.lines) >= self.count:
+            self.seen.set()
+
+
+@pytest.mark.anyio
+async def test_run_tokens_are_logged_by_their_fingerprint_only(server: str) -> None:
+    token = "RunToken-bearer-" + "x" * 8
+    handler = _Until(2)
+    logger = logging.getLogger("ikproxy")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    down = RedisStore(f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0", timeout=0.2)
+    up = RedisStore(server, prefix="f", timeout=1)
+    lost = anyio.Event()
+    try:
+        failing = OwnerLease(down, token, "a", ttl=1.0, every=0.05)
+        failing.keep(lambda: None)  # its store is down: a warning per renewal
+        taken = OwnerLease(up, token, "a", ttl=1.0, every=0.05)
+        assert await taken.acquire()
+        await up.release_lease(lease_name(token), "a")
+        assert await up.acquire_lease(lease_name(token), "b", ttl=30)  # another instance
+        taken.keep(lost.set)  # the next renewal finds it taken: an error
+        with anyio.fail_after(10):
+            await lost.wait()
+            await anyio.to_thread.run_sync(handler.seen.wait)
+        await failing.release()
+        await taken.release()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        await down.aclose()
+        await up.aclose()
+    mark = fingerprint(token)
+    assert any(f"run lease renewal failed [run={mark}]" in line for line in handler.lines)
+    assert any(f"another instance took over a run [run={mark}]" in line for line in handler.lines)
+    assert [line for line in handler.lines if token in line or PASSWORD in line] == []
