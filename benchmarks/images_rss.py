@@ -70,6 +70,7 @@ def files(limit: int) -> dict[str, Callable[[], bytes]]:
     big = 12000
     quarter = side // 2  # a WebP costs 4 pixels a pixel (PIXEL_COST), an AVIF 3
     third = int((limit / 3) ** 0.5)
+    prog = int((limit / 1.5) ** 0.5)  # 2 bytes a coefficient, 3 samples a pixel
     gray = lambda n: Image.new("L", (n, n), 0)  # noqa: E731
 
     def noise(n: int) -> Image.Image:  # RGB gradients: real colours, small files
@@ -79,6 +80,9 @@ def files(limit: int) -> dict[str, Callable[[], bytes]]:
     return {
         f"png {side}x{side} rgb (at the limit)": lambda: _save(noise(side), "PNG"),
         f"jpeg {side}x{side} rgb (at the limit)": lambda: _save(noise(side), "JPEG"),
+        f"jpeg {prog}x{prog} progressive 4:4:4 (at the limit)": lambda: _save(
+            noise(prog), "JPEG", progressive=True, subsampling=0
+        ),
         f"gif {side}x{side} (at the limit)": lambda: _save(noise(side), "GIF"),
         f"bmp {side}x{side} rle8 (at the limit)": lambda: _save(
             noise(side).convert("P"), "BMP", compression=1

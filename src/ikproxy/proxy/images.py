@@ -41,7 +41,7 @@ def verify_image(data: bytes, max_pixels: int) -> ImageIO:
     extent = measure(data)
     if extent is None and not _is_avif(data):
         raise _not_an_image()
-    if extent is not None and extent.pixels * PIXEL_COST.get(extent.format, 1) > max_pixels:
+    if extent is not None and extent.pixels * _cost(extent) > max_pixels:
         raise _too_many_pixels(extent, max_pixels)
     fmt = extent.format if extent is not None else "AVIF"
     try:
@@ -80,11 +80,16 @@ def _not_an_image() -> HTTPError:
     return HTTPError(415, "unsupported_media_type", "the upload is not a supported image")
 
 
+def _cost(extent: Extent) -> float:
+    return max(extent.cost, PIXEL_COST.get(extent.format, 1))
+
+
 def _too_many_pixels(extent: Extent | None, max_pixels: int) -> HTTPError:
     accepted = f"at most {max_pixels} pixels are accepted"
-    cost = PIXEL_COST.get(extent.format, 1) if extent is not None else 1
+    cost = _cost(extent) if extent is not None else 1
     if extent is not None and cost > 1:
-        accepted = f"at most {max_pixels // cost} pixels are accepted in {extent.format} images"
+        kind = extent.kind or extent.format
+        accepted = f"at most {int(max_pixels // cost)} pixels are accepted in {kind} images"
     if extent is None:
         what = "the image is too large"
     elif extent.frames == 1:

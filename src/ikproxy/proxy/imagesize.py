@@ -24,13 +24,19 @@ MAX_TIFF_PAGES: Final = 10_000
 
 @dataclass(frozen=True)
 class Extent:
-    """A format, its largest frame's width and height, its frames and its pixels in all."""
+    """A format, its largest frame's width and height, its frames and its pixels in all.
+
+    `cost`: what decoding it holds per pixel, in pixels of 4 bytes, when more than one
+    (a progressive JPEG keeps every coefficient, 2 bytes a sample); `kind` names it.
+    """
 
     format: str
     width: int
     height: int
     frames: int = 1
     pixels: int = 0
+    cost: float = 1.0
+    kind: str = ""
 
     def __post_init__(self) -> None:
         if not self.pixels:
@@ -136,6 +142,7 @@ def _gif(data: bytes) -> Extent:
 # -- JPEG -----------------------------------------------------------------------------------
 
 _SOF_MARKERS: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_PROGRESSIVE: Final = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 
 
 def _jpeg(data: bytes) -> Extent:
@@ -152,8 +159,16 @@ def _jpeg(data: bytes) -> Extent:
             continue
         (length,) = struct.unpack_from(">H", data, pos + 2)
         if marker in _SOF_MARKERS:
-            height, width = struct.unpack_from(">HH", data, pos + 5)
-            return Extent("JPEG", *_positive(width, height))
+            height, width, count = struct.unpack_from(">HHB", data, pos + 5)
+            width, height = _positive(width, height)
+            if marker not in _PROGRESSIVE:
+                return Extent("JPEG", width, height)
+            factors = [data[pos + 11 + 3 * i] for i in range(count)]
+            most = max(f >> 4 for f in factors) * max(f & 15 for f in factors)
+            samples = sum((f >> 4) * (f & 15) for f in factors) / most if most else 0
+            if not samples:
+                raise _Unreadable
+            return Extent("JPEG", width, height, cost=2 * samples / 4, kind="progressive JPEG")
         if marker == 0xDA:  # a scan before any frame header
             raise _Unreadable
         pos += 2 + length

@@ -105,6 +105,20 @@ def test_a_webp_costs_four_pixels_a_pixel() -> None:
     )
 
 
+def test_a_progressive_jpeg_costs_its_coefficients() -> None:
+    image = Image.new("RGB", (6, 4), "green")
+    full, subsampled = io.BytesIO(), io.BytesIO()
+    image.save(full, format="JPEG", progressive=True, subsampling=0)  # 3 samples a pixel
+    image.save(subsampled, format="JPEG", progressive=True, subsampling=2)  # 1.5
+    assert verify_image(full.getvalue(), max_pixels=36).to_bytes() == full.getvalue()
+    assert _refusal(full.getvalue(), max_pixels=35) == (
+        413,
+        "payload_too_large",
+        "the image is 6x4 pixels: at most 23 pixels are accepted in progressive JPEG images",
+    )
+    assert verify_image(subsampled.getvalue(), max_pixels=24).to_bytes() == subsampled.getvalue()
+
+
 def test_an_avif_costs_three_pixels_a_pixel_every_frame_counted() -> None:
     data = _frames("AVIF", 3, (6, 4))
     assert verify_image(data, max_pixels=3 * 3 * 24).to_bytes() == data
