@@ -225,14 +225,18 @@ class RedisStore:
     @contextlib.asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
         """Turn redis-py's failures into `StoreUnavailable`: connection errors, timeouts and
-        error replies alike (OOM under `maxmemory`, READONLY on a replica, BUSY scripts)."""
+        error replies alike (OOM under `maxmemory`, READONLY on a replica, BUSY scripts).
+
+        Not chained: redis-py's own exception names the command and its keys (run
+        tokens), and a logged traceback would show it; the scrubbed text says the rest.
+        """
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"{self._where()} is unreachable: {self._scrub(exc)}") from exc
+            raise StoreUnavailable(f"{self._where()} is unreachable: {self._scrub(exc)}") from None
         except RedisError as exc:
             what = f"{self._where()} refused a command ({type(exc).__name__})"
-            raise StoreUnavailable(f"{what}: {self._scrub(exc)}") from exc
+            raise StoreUnavailable(f"{what}: {self._scrub(exc)}") from None
 
     def _where(self) -> str:
         return f"Redis at {redact_url(self.url)}"
