@@ -152,5 +152,9 @@ def test_any_header_or_path_value_is_never_a_5xx(
         client.get(f"/api/run?last_event_id={quote(run_token + ':' + number)}"),
         client.get(f"/api/run?n={quote(number)}"),
         client.post("/api/run", content=b"{}", headers={"Content-Length": header or "x"}),
+        client.get("/api/run", headers={"Last-Event-ID": header or "x"}),
+        client.get("/api/run", headers={"Accept": header, "X-Request-Id": header}),
+        client.post("/api/run", content=b"n=1", headers={"Content-Type": header}),
+        client.get(f"/api/outputs/{quote(header, safe='')}/{quote(ascii_number, safe='')}"),
     ]
     assert [r.status_code for r in answers if r.status_code >= 500] == []
