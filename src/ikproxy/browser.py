@@ -23,6 +23,7 @@ import anyio
 
 from ikproxy.codecs.ndjson import NDJSONDecoder, NDJSONError
 from ikproxy.codecs.sse import SSEDecoder, SSEError
+from ikproxy.decimals import parse_decimal
 from ikproxy.errors import IkproxyError, IncompleteStream, StreamError
 from ikproxy.io import RefIO
 from ikproxy.model import Progress, Results
@@ -282,8 +283,9 @@ def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
         return None
-    if value.strip().isdigit():
-        return float(value.strip())
+    seconds = parse_decimal(value.strip())
+    if seconds is not None:
+        return float(seconds)
     try:
         date = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

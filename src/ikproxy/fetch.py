@@ -22,12 +22,13 @@ import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 from urllib.parse import unquote
 
 import anyio
 import httpx
 
+from ikproxy.decimals import parse_decimal
 from ikproxy.errors import (
     FetchHTTPError,
     FetchNotFound,
@@ -39,6 +40,7 @@ from ikproxy.errors import (
     FetchUnsupportedScheme,
 )
 from ikproxy.io import SNIFF_BYTES, sniff_content_type
+from ikproxy.redaction import redact_url
 
 __all__ = ["Fetched", "fetch_url", "is_public_address", "origin_of", "redact_url"]
 
@@ -73,17 +75,6 @@ class Fetched:
         return self.path.read_bytes()
 
 
-def redact_url(url: str | httpx.URL) -> str:
-    """The URL without user info, query or fragment: safe to log and to show."""
-    try:
-        parsed = httpx.URL(str(url))
-    except httpx.InvalidURL:
-        return "<invalid URL>"
-    if not parsed.host:
-        return f"{parsed.scheme}:"
-    return f"{origin_of(parsed)}{parsed.path}"
-
-
 def origin_of(url: str | httpx.URL) -> str:
     """`scheme://host[:port]` of a URL, lower-cased, default port left out."""
     parsed = httpx.URL(str(url)) if isinstance(url, str) else url
@@ -96,20 +87,60 @@ def origin_of(url: str | httpx.URL) -> str:
     return f"{scheme}://{host.lower()}{port}"
 
 
-def is_public_address(ip: IPAddress) -> bool:
-    """Whether an address is globally routable (not private, loopback, link-local, ...)."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if embedded is not None and not is_public_address(embedded):
-            return False
-    return ip.is_global and not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
+#: Addresses that are not public, whatever the Python version's `ipaddress` says: the
+#: IANA IPv4 and IPv6 Special-Purpose Address Registries' entries that are not globally
+#: reachable, the deprecated ranges (site-local, the 6to4 relay anycast), and the
+#: documentation, benchmarking and reserved ones. (`is_global` differs between
+#: Python 3.10 and 3.13, and misses `fec0::/10`, `192.88.99.0/24` and `3fff::/20`.)
+NON_PUBLIC_V4: Final = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",  # this network
+        "10.0.0.0/8",  # private
+        "100.64.0.0/10",  # shared address space (carrier-grade NAT)
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local
+        "172.16.0.0/12",  # private
+        "192.0.0.0/24",  # IETF protocol assignments (192.0.0.8 included)
+        "192.0.2.0/24",  # documentation (TEST-NET-1)
+        "192.88.99.0/24",  # 6to4 relay anycast (deprecated)
+        "192.168.0.0/16",  # private
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # documentation (TEST-NET-2)
+        "203.0.113.0/24",  # documentation (TEST-NET-3)
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, and the limited broadcast 255.255.255.255
     )
+)
+#: IPv6: only global unicast (`2000::/3`) is public, less these; addresses that embed
+#: an IPv4 address (mapped, NAT64, 6to4, Teredo) are judged by that address.
+NON_PUBLIC_V6: Final = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "2001::/23",  # IETF protocol assignments (Teredo's embedded address is judged too)
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation
+        "5f00::/16",  # segment routing (SRv6) SIDs
+    )
+)
+_GLOBAL_UNICAST: Final = ipaddress.IPv6Network("2000::/3")
+_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def is_public_address(ip: IPAddress) -> bool:
+    """Whether an address is public (globally routable): outside every range of
+    `NON_PUBLIC_V4` and, for IPv6, inside `2000::/3` and outside `NON_PUBLIC_V6`. The same
+    answer on every Python version."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return not any(ip in network for network in NON_PUBLIC_V4)
+    if ip.ipv4_mapped is not None:
+        return is_public_address(ip.ipv4_mapped)
+    if ip in _NAT64:
+        return is_public_address(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    embedded = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+    if embedded is not None and not is_public_address(embedded):
+        return False
+    return ip in _GLOBAL_UNICAST and not any(ip in network for network in NON_PUBLIC_V6)
 
 
 async def fetch_url(
@@ -255,8 +286,7 @@ async def _read_body(
     declared_length = response.headers.get("content-length")
     if (
         declared_length is not None
-        and declared_length.isdigit()
-        and (int(declared_length) > max_bytes)
+        and (parse_decimal(declared_length, max_digits=30) or 0) > max_bytes
     ):
         raise FetchTooLarge(
             f"{shown} is {declared_length} bytes, over the limit of {max_bytes}", url=shown

@@ -12,6 +12,8 @@ import re
 import uuid
 from typing import Any, Final
 
+from ikproxy.decimals import parse_decimal
+
 __all__ = [
     "ERROR",
     "KEEPALIVE",
@@ -56,6 +58,7 @@ def new_request_id(given: str | None = None) -> str:
 def parse_position(last_event_id: str) -> tuple[str, int] | None:
     """(token, number of events seen) from a `Last-Event-ID` of the form `<token>:<n>`."""
     token, sep, number = last_event_id.rpartition(":")
-    if not sep or not token or not number.isdigit():
+    seen = parse_decimal(number)
+    if not sep or not token or seen is None:
         return None
-    return token, int(number)
+    return token, seen

@@ -49,16 +49,11 @@ def multipart(
     filename: str = "x.bin",
 ) -> bytes:
     """A multipart/form-data body of (name, data, is_file) parts; `close=False` leaves it open."""
-    out = b""
+    out: list[bytes] = []  # joined once: 150,000 parts stay linear
     for name, data, is_file in parts:
         disposition = f'; filename="{filename}"' if is_file else ""
-        out += (
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{disposition}\r\n\r\n'
-            ).encode()
-            + data
-            + b"\r\n"
-        )
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{disposition}\r\n\r\n'
+        out += (head.encode(), data, b"\r\n")
     if close:
-        out += f"--{boundary}--\r\n".encode()
-    return out
+        out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out)

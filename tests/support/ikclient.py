@@ -1,8 +1,7 @@
-"""A virtual environment with the official SCALE client, `ikomia-client` 0.4.1, for fidelity tests.
+"""A virtual environment with the official SCALE client, `ikomia-client` 0.4.2, for fidelity tests.
 
 Created on first use from the package index (about 30 s: the client pulls in
-numpy and Pillow) and reused afterwards. Pinned: 0.4.2 needs a certifi release
-newer than some indexes carry.
+numpy and Pillow) and reused afterwards, rebuilt when the pin changes.
 """
 
 from __future__ import annotations
@@ -15,13 +14,14 @@ from .servers import ROOT
 VENV = ROOT / ".venv-ikclient"
 #: Written once the environment is complete, so a half-made one is rebuilt.
 READY = VENV / ".ikproxy-ready"
-PACKAGES = ["ikomia-client==0.4.1"]
+PACKAGES = ["ikomia-client==0.4.2"]
 
 
 def python() -> str:
     """The environment's interpreter, created if missing."""
     interpreter = VENV / "bin" / "python"
-    if READY.exists() and interpreter.exists():
+    ready = READY.exists() and READY.read_text().split() == PACKAGES
+    if ready and interpreter.exists():
         return str(interpreter)
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--clear", str(VENV)], check=True)

@@ -57,6 +57,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from dataclasses import dataclass
 from typing import Any, SupportsIndex, cast
 
+from ikproxy.decimals import parse_decimal
 from ikproxy.errors import IkproxyError
 
 __all__ = [
@@ -514,12 +515,8 @@ def _parse_retry(value: str, current: int | None) -> int | None:
     A value with more digits than `int()` accepts (`sys.get_int_max_str_digits`) is
     ignored rather than raising.
     """
-    if value.isascii() and value.isdigit():
-        try:
-            return int(value.lstrip("0") or "0")
-        except ValueError:
-            pass
-    return current
+    number = parse_decimal(value.lstrip("0") or "0" if value else "")
+    return current if number is None else number
 
 
 def iter_events(

@@ -29,6 +29,7 @@ from typing import Any
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
 
+from ikproxy.decimals import parse_integer
 from ikproxy.deployments import Deployment
 from ikproxy.deployments.local import LocalDeployment, Update
 from ikproxy.errors import InvalidParameter
@@ -473,11 +474,8 @@ def _integer(value: object, name: str, low: int, high: int) -> int:
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, str) and len(value) <= 20:
-        try:
-            number = int(value.strip())
-        except ValueError:
-            number = None
+    elif isinstance(value, str):
+        number = parse_integer(value.strip())
     if number is None or not low <= number <= high:
         raise InvalidParameter(f"{name} must be an integer from {low} to {high}")
     return number

@@ -183,6 +183,7 @@ CHECKS: Mapping[str, Check] = {
     "max_inputs": _count(0, "inputs"),
     "max_upload_bytes": _count(0, "bytes"),
     "max_image_pixels": _count(1, "pixels"),
+    "max_form_fields": _count(1, "fields"),
     "authorize": _callable,
     "rate_limit": _rate,
     "resume_rate_limit": _rate,

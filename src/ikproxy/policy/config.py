@@ -43,6 +43,8 @@ class Policy:
     * `task`: the deployment task to run (None: its default).
     * `max_inputs`, `max_upload_bytes`: image uploads per request and the request body limit.
     * `max_image_pixels`: the largest image accepted (width times height; 413 beyond).
+    * `max_form_fields`: the most text fields of a form (multipart or urlencoded) or a
+      query string (413 beyond, as soon as the count is passed).
     * `authorize(request)`, `rate_limit` / `rate_limit_key(request)`: access hooks, given
       the framework's own request object. `rate_limit` counts accepted runs only (a
       refused request costs nothing): a `TokenBucket`, or a rate in words (`"3/minute"`,
@@ -99,6 +101,7 @@ class Policy:
     max_inputs: int = 1
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    max_form_fields: int = 1000
     authorize: Authorize | None = None
     rate_limit: RateLimiter | str | None = field(default_factory=TokenBucket)
     resume_rate_limit: RateLimiter | str | None = "30/minute"
@@ -157,12 +160,13 @@ class Policy:
     @property
     def keys_callers(self) -> bool:
         """Whether a caller's key (`rate_limit_key`) is needed: for the rate limit, the
-        active-run cap, or the sealed references bound to it."""
+        active-run cap, or the resumable runs (sealed or in the store) bound to it."""
         return (
             self.rate_limit is not None
             or self.max_active_runs is not None
             or self.resume_secret is not None
             or self.resume_limiter is not None
+            or (self.resume_window is not None and self.rate_limit_key is not None)
         )
 
     def validate(self, raw: Mapping[str, Any], *, from_text: bool) -> dict[str, Any]:

@@ -29,7 +29,7 @@ PERIODS = {
     **dict.fromkeys(("h", "hour"), 3600),
     **dict.fromkeys(("d", "day"), 86400),
 }
-_RATE = re.compile(r"\s*(\d+)\s*/\s*([a-z]+)\s*")
+_RATE = re.compile(r"\s*([0-9]{1,9})\s*/\s*([a-z]+)\s*")
 
 
 def parse_rate(text: str) -> tuple[int, int]:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
+from ikproxy.decimals import parse_float, parse_integer
 from ikproxy.errors import HTTPError
 
 __all__ = [
@@ -114,11 +114,8 @@ class Param:
                 if text in _FALSE:
                     return False
                 raise wrong
-            try:
-                number = int(text) if want is int else float(text)
-            except ValueError:
-                raise wrong from None
-            if isinstance(number, float) and not math.isfinite(number):
+            number = parse_integer(text) if want is int else parse_float(text)
+            if number is None:
                 raise wrong
             return number
         if want is float and isinstance(raw, int) and not isinstance(raw, bool):

@@ -158,6 +158,8 @@ class Proxy:
         self.runs: RunRegistry | None = (
             RunRegistry(window, store=self.store, attach=self._attacher()) if window else None
         )
+        if self.runs is not None:  # the policy names its callers: a run is its caller's
+            self.runs.bind_callers = self.policy.rate_limit_key is not None
         cap = self.policy.max_active_runs
         #: The active-run cap, when `max_active_runs` is set.
         self.active_runs: ActiveRuns | None = ActiveRuns(self.store, cap) if cap else None
@@ -338,6 +340,7 @@ class Proxy:
                 timeout=None if logged else policy.timeout,  # a worker holds its deadline
                 log=log,
                 remote=logged,
+                caller=key,
             )
             body = self._follow(run, options, after=0)
             return ProxyResponse(200, headers, body)
@@ -354,7 +357,7 @@ class Proxy:
             charged = True
             log: RunLog | None = None
             if self.runs is not None:
-                log = await self.runs.create(request_id=spec.request_id)
+                log = await self.runs.create(request_id=spec.request_id, caller=key)
         except BaseException:
             if charged:
                 with contextlib.suppress(StoreUnavailable):
@@ -430,8 +433,8 @@ class Proxy:
         if self.sealer is not None and token.startswith(SEALED_PREFIX):
             reference = token[len(SEALED_PREFIX) :]
             return await self._resume_sealed(reference, seen, str(key), options)
-        run = await self.runs.find(token)
-        if run is None:
+        run = await self.runs.find(token, key)
+        if run is None:  # unknown, expired, or another caller's: the same answer
             raise _gone()
         await self.access.charge_resume(key)
         body = self._follow(run, options, run.resume_point(seen))
@@ -482,7 +485,7 @@ class Proxy:
         deployment = cast(SupportsAttach, self.deployment)
         stream = deployment.attach(uuid, task=self.policy.task, timeout=self.policy.timeout)
         stream = self._by_reference(stream, "", None)
-        first = await _first(stream, request_id)
+        first = await _first(stream, request_id, attaching=True)
         body = self._sealed(prepend(first, stream), uuid, caller, options, seen)
         return ProxyResponse(200, stream_headers(options.format, request_id), body)
 
@@ -519,10 +522,13 @@ def _gone() -> HTTPError:
     return HTTPError(410, "resume_expired", "the run to resume is unknown or has expired")
 
 
-async def _first(stream: AsyncIterator[Progress], request_id: str) -> Progress | None:
+async def _first(
+    stream: AsyncIterator[Progress], request_id: str, *, attaching: bool = False
+) -> Progress | None:
     """A run's first progress (None if it has none); its failure as an `HTTPError`.
 
-    An upstream that does not know the run (attaching to it) means it is gone: 410.
+    An upstream that does not know the run it is `attaching` to means it is gone: 410.
+    (A new run's `RunNotFound` is the upstream's failure, answered as its class says.)
     """
     try:
         return await stream.__anext__()
@@ -530,7 +536,7 @@ async def _first(stream: AsyncIterator[Progress], request_id: str) -> Progress |
         return None
     except Exception as exc:
         await aclose(stream)
-        if isinstance(exc, RunNotFound):
+        if attaching and isinstance(exc, RunNotFound):
             logger.info("resume refused [request_id=%s]: %s", request_id, exc)
             raise _gone() from None
         status, code, message = public_error(exc)

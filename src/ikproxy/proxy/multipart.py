@@ -12,7 +12,7 @@ from typing import IO, Any, Union
 from ikproxy.errors import HTTPError
 from ikproxy.io import SNIFF_BYTES, FileIO, sniff_content_type
 from ikproxy.policy.config import Policy
-from ikproxy.proxy.request import Pending, too_many_inputs
+from ikproxy.proxy.request import Pending, too_many_fields, too_many_inputs
 from ikproxy.proxy.uploads import UploadDir, accepts, file_suffix, not_accepted
 
 __all__ = ["FLUSH_BYTES", "MAX_BOUNDARY", "Job", "MultipartReader"]
@@ -167,6 +167,8 @@ class MultipartReader:
         self._is_file = b"filename" in params
         if self._is_file and len(self.inputs) >= self.policy.max_inputs:
             raise too_many_inputs(self.policy)
+        if not self._is_file and len(self.fields) >= self.policy.max_form_fields:
+            raise too_many_fields(self.policy)
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         piece = data[start:end]

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 import anyio.to_thread
 
+from ikproxy.decimals import parse_decimal
 from ikproxy.deployments.scale.storage import Storage, StorageObject
 from ikproxy.errors import HTTPError, IkproxyError
 from ikproxy.io import BaseIO, FileIO, ImageIO, RefIO, StorageObjectIO
@@ -305,7 +306,7 @@ class RangeNotSatisfiable(IkproxyError, ValueError):
     public_message = "The range is outside the output."
 
 
-_RANGE = re.compile(r"bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+_RANGE = re.compile(r"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -320,21 +321,21 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     match = _RANGE.fullmatch(header.strip())
     if match is None:
         return None
-    first, last = match.groups()
-    if not first and not last:
+    first, last = (parse_decimal(n) if n else None for n in match.groups())
+    if (first is None and match[1]) or (last is None and match[2]):
+        return None  # more digits than any output has bytes: ignored
+    if first is None and last is None:
         return None
-    if not first:  # the last N bytes
-        length = int(last)
-        if length == 0:
+    if first is None:  # the last N bytes
+        assert last is not None
+        if last == 0 or size == 0:
             raise RangeNotSatisfiable(header)
-        return max(0, size - length), size
-    start = int(first)
-    end = size if not last else min(size, int(last) + 1)
-    if last and int(last) < start:
+        return max(0, size - last), size
+    if last is not None and last < first:
         return None  # invalid: ignored
-    if start >= size:
+    if first >= size:
         raise RangeNotSatisfiable(header)
-    return start, end
+    return first, size if last is None else min(size, last + 1)
 
 
 #: `opener(output, store)`: the body to serve for an output by reference (or its
@@ -363,9 +364,9 @@ def storage_opener(storage: Storage, *, presigned: bool = False) -> Opener:
 async def _stored_size(storage: Storage, obj: StorageObject) -> int:
     """An object's size from a one-byte range answer (`Content-Range: bytes 0-0/<size>`)."""
     async with storage.download(obj, start=0, end=0) as download:
-        total = (download.content_range or "").rpartition("/")[2]
-        if total.isdigit():
-            return int(total)
+        total = parse_decimal((download.content_range or "").rpartition("/")[2])
+        if total is not None:
+            return total
         if download.status_code == 200 and download.content_length is not None:
             return download.content_length
     raise ValueError("the storage did not say the size of a stored output")
@@ -504,9 +505,10 @@ async def serve_shared(
 def output_address(path: str) -> tuple[str, int]:
     """The token and index of `/outputs/<token>/<index>`; 404 when it cannot be one."""
     _, token, index_text = [*path.strip("/").split("/"), "", ""][:3]
-    if not index_text.isdigit() or len(index_text) > 6:
+    index = parse_decimal(index_text, max_digits=6)
+    if index is None:
         raise HTTPError(404, "not_found", "no such output")
-    return token, int(index_text)
+    return token, index
 
 
 def respond(

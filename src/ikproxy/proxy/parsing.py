@@ -36,6 +36,7 @@ from ikproxy.proxy.request import (
     RunSpec,
     read_body,
     read_body_sync,
+    too_many_fields,
     too_many_inputs,
 )
 from ikproxy.proxy.stream import StreamFormat
@@ -67,7 +68,7 @@ def parse_run_request(
 
     Without `uploads`, only image files are accepted in a multipart body.
     """
-    format, query = _query(request)
+    format, query = _query(request, policy)
     if _is_multipart(request):
         reader = MultipartReader(request.header("content-type") or "", policy, uploads)
         try:
@@ -86,7 +87,7 @@ def parse_run_request(
             params, pending = _parse_json(raw, policy)
             from_text = False
         elif content_type == "application/x-www-form-urlencoded":
-            params = _single_values(_parse_pairs(raw, "form body"), "form")
+            params = _single_values(_parse_pairs(raw, "form body", policy), "form")
             from_text = True
         else:
             raise HTTPError(
@@ -118,7 +119,7 @@ async def read_run_request(
         return await anyio.to_thread.run_sync(
             parse_run_request, request, raw, policy, request_id, uploads
         )
-    format, _ = _query(request)
+    format, _ = _query(request, policy)
     size = BodyLimit(request, policy.max_upload_bytes, request_id)
     reader = MultipartReader(request.header("content-type") or "", policy, uploads)
     streams = _Streams(reader, policy, uploads)
@@ -243,7 +244,7 @@ def read_run_request_sync(
     if body is None or not _is_multipart(request):
         raw = read_body_sync(request, body, policy.max_upload_bytes, request_id=request_id)
         return parse_run_request(request, raw, policy, request_id, uploads)
-    format, _ = _query(request)
+    format, _ = _query(request, policy)
     size = BodyLimit(request, policy.max_upload_bytes, request_id)
     reader = MultipartReader(request.header("content-type") or "", policy, uploads)
     try:
@@ -265,9 +266,10 @@ def _is_multipart(request: ProxyRequest) -> bool:
     return request.method.upper() != "GET" and content_type == "multipart/form-data"
 
 
-def _query(request: ProxyRequest) -> tuple[StreamFormat, dict[str, str]]:
+def _query(request: ProxyRequest, policy: Policy) -> tuple[StreamFormat, dict[str, str]]:
     """The stream format and the query parameters (none allowed on a POST)."""
-    query = _single_values(_parse_pairs(request.query_string, "query string"), "query")
+    pairs = _parse_pairs(request.query_string, "query string", policy)
+    query = _single_values(pairs, "query")
     format = negotiate_format(query.pop("format", None), request.header("accept"))
     if query and request.method.upper() != "GET":
         raise HTTPError(
@@ -365,12 +367,16 @@ def _single_values(pairs: Iterable[tuple[str, str]], where: str) -> dict[str, st
     return values
 
 
-def _parse_pairs(text: str | bytes, what: str) -> list[tuple[str, str]]:
-    """`name=value&...` pairs, percent-decoded as strict UTF-8 (never with replacement)."""
+def _parse_pairs(text: str | bytes, what: str, policy: Policy) -> list[tuple[str, str]]:
+    """`name=value&...` pairs, percent-decoded as strict UTF-8 (never with replacement);
+    413 beyond `policy.max_form_fields` (empty fields count: they cost a split too)."""
     raw = text if isinstance(text, bytes) else _as_received(text)
+    fields = raw.split(b"&", policy.max_form_fields)
+    if len(fields) > policy.max_form_fields:
+        raise too_many_fields(policy)
     pairs = []
     try:
-        for field in raw.split(b"&"):
+        for field in fields:
             if field:
                 name, _, value = field.partition(b"=")
                 pairs.append((_unquote(name), _unquote(value)))

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from ikproxy.decimals import parse_decimal
 from ikproxy.errors import HTTPError
 from ikproxy.io import BaseIO, FileIO
 from ikproxy.policy.config import Policy
@@ -93,11 +94,12 @@ class BodyLimit:
         self.declared: int | None = None
         declared = request.header("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            length = parse_decimal(declared, max_digits=30)
+            if length is None:
                 raise HTTPError(400, "bad_request", "invalid Content-Length header")
-            if int(declared) > limit:
+            if length > limit:
                 raise _too_large(limit)
-            self.declared = int(declared)
+            self.declared = length
 
     def count(self, chunk: bytes) -> bytes:
         """`chunk`, once counted: 413 if the body is now over the limit."""
@@ -177,6 +179,15 @@ def too_many_inputs(policy: Policy) -> HTTPError:
         400,
         "invalid_input",
         f"too many images: at most {policy.max_inputs} per request",
+    )
+
+
+def too_many_fields(policy: Policy) -> HTTPError:
+    """The refusal of a form or query with more fields than `policy.max_form_fields`."""
+    return HTTPError(
+        413,
+        "payload_too_large",
+        f"too many form fields: at most {policy.max_form_fields} per request",
     )
 
 

@@ -34,6 +34,7 @@ from typing import Any, Final
 import anyio
 
 from ikproxy.model import Progress
+from ikproxy.redaction import fingerprint
 from ikproxy.stores import RunInfo, Store, StoreUnavailable
 
 __all__ = [
@@ -128,10 +129,12 @@ class OwnerLease:
                     # Vacant (the store lost it, or it lapsed): ours again unless taken.
                     held = await self.acquire()
             except StoreUnavailable as exc:
-                logger.warning("run lease renewal failed [token=%s]: %s", self.token, exc)
+                logger.warning(
+                    "run lease renewal failed [run=%s]: %s", fingerprint(self.token), exc
+                )
                 continue
             if not held:
-                logger.error("another instance took over a run [token=%s]", self.token)
+                logger.error("another instance took over a run [run=%s]", fingerprint(self.token))
                 on_lost()
                 return
 
@@ -221,10 +224,10 @@ class Takeover:
             events = [event for _, event in logged[: current.count]]
             uuid = upstream_uuid(events)
             if self.attach is not None and uuid is not None:
-                logger.warning("taking over a run whose owner is gone [token=%s]", token)
+                logger.warning("taking over a run whose owner is gone [run=%s]", fingerprint(token))
                 self.adopt(token, events, self.attach(uuid), current)
                 return
-            logger.error("a run was lost with its owner [token=%s]", token)
+            logger.error("a run was lost with its owner [run=%s]", fingerprint(token))
             await self._end_lost(token, current)
         except BaseException:
             await lease.release()

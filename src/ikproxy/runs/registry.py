@@ -23,6 +23,8 @@ instance with a follower takes the run over or ends it with `run_lost` (see
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -36,6 +38,7 @@ import anyio
 from ikproxy.concurrency import aclose, deadline
 from ikproxy.errors import IkproxyError, UpstreamError, WorkflowFailed, error_code
 from ikproxy.model import Progress, State, StreamItem
+from ikproxy.redaction import fingerprint
 from ikproxy.runs.log import LogWriter, RunLog
 from ikproxy.runs.ownership import CHECK_EVERY, Attach, OwnerLease, Takeover
 from ikproxy.stores import MemoryStore, RunInfo, Store, StoreUnavailable
@@ -102,6 +105,8 @@ class SharedRun:
     ) -> None:
         self.token = token
         self.request_id = request_id
+        #: The digest of the caller the run is bound to (`caller_digest`), or None: unbound.
+        self.caller: str | None = None
         #: The run's events; `items` are those it had before (a run taken over).
         self.items: list[dict[str, Any]] = list(items or ())
         self.failure: _Failed | None = None
@@ -355,7 +360,9 @@ class StoredRun:
                 except StoreUnavailable as exc:
                     trouble_since = trouble_since or now
                     if now - trouble_since > window:
-                        logger.error("lost a followed run [token=%s]: %s", self.token, exc)
+                        logger.error(
+                            "lost a followed run [run=%s]: %s", fingerprint(self.token), exc
+                        )
                         raise _Failed("store_unavailable") from None
                     await anyio.sleep(backoff)
                     backoff = min(backoff * 2, 1.0)
@@ -385,7 +392,9 @@ class StoredRun:
             try:
                 await self.store.touch_run(self.token, ttl=self.window)
             except StoreUnavailable as exc:
-                logger.warning("could not mark a run followed [token=%s]: %s", self.token, exc)
+                logger.warning(
+                    "could not mark a run followed [run=%s]: %s", fingerprint(self.token), exc
+                )
             await anyio.sleep(min(self.window / 3, _POLL))
 
 
@@ -404,10 +413,14 @@ class RunRegistry:
         store: Store | None = None,
         max_events: int = 10_000,
         attach: Attach | None = None,
+        bind_callers: bool = False,
     ) -> None:
         if window <= 0:
             raise ValueError("resume_window must be a positive number of seconds")
         self.window = window
+        #: Whether a run is bound to the caller that started it (the `caller` of `create`
+        #: and `start`): resumed by that caller only. Set when the policy names its callers.
+        self.bind_callers = bind_callers
         self.max_runs = max_runs
         self.max_events = max_events
         self.store: Store = store if store is not None else MemoryStore()
@@ -427,16 +440,19 @@ class RunRegistry:
     def __len__(self) -> int:
         return len(self._runs)
 
-    async def create(self, *, request_id: str) -> RunLog | None:
+    async def create(self, *, request_id: str, caller: str | None = None) -> RunLog | None:
         """A new run's token and store log, created before the run is submitted.
 
         None without a shared store (the token is made by `start`). Raises
-        `StoreUnavailable` when the store cannot take it.
+        `StoreUnavailable` when the store cannot take it. With `caller`, the run
+        is bound to it (its digest is kept): see `find`.
         """
         if not self.store.shared:
             return None
         token = secrets.token_urlsafe(18)
         meta = {"request_id": request_id, "instance": self.instance}
+        if self.bind_callers and caller is not None:
+            meta["caller"] = caller_digest(caller)
         log = RunLog(self.store, token, meta, self.window)
         await log.create()
         return log
@@ -449,8 +465,10 @@ class RunRegistry:
         timeout: float | None,
         log: RunLog | None = None,
         remote: bool = False,
+        caller: str | None = None,
     ) -> SharedRun:
-        """Read `stream` in a task of its own and keep its events under a new token.
+        """Read `stream` in a task of its own and keep its events under a new token, bound to
+        `caller` when given (see `find`).
 
         `remote`: the run's producer writes `log` itself (see `SharedRun.remote`).
         """
@@ -462,6 +480,7 @@ class RunRegistry:
         run = SharedRun(
             self, token, stream, request_id=request_id, timeout=timeout, log=log, remote=remote
         )
+        run.caller = caller_digest(caller) if self.bind_callers and caller is not None else None
         self._runs[token] = run
         return run
 
@@ -469,13 +488,14 @@ class RunRegistry:
         """A run started by this instance."""
         return self._runs.get(token)
 
-    async def find(self, token: str) -> Followable | None:
-        """A run started here or, with a shared store, anywhere; None if unknown or expired."""
+    async def find(self, token: str, caller: str | None = None) -> Followable | None:
+        """A run started here or, with a shared store, anywhere; None if unknown or expired,
+        or bound to another caller than `caller` (the same None: no oracle)."""
         run = self._runs.get(token)
         if run is not None or not self.store.shared:
-            return run
+            return run if run is not None and _same_caller(run.caller, caller) else None
         info = await self.store.run_info(token)
-        if info is None:
+        if info is None or not _same_caller(info.meta.get("caller"), caller):
             return None
         return StoredRun(self.store, token, info, self.window, self.takeover)
 
@@ -493,9 +513,26 @@ class RunRegistry:
         run = SharedRun(
             self, token, stream, request_id=request_id, timeout=None, log=log, items=events
         )
+        caller = info.meta.get("caller")
+        run.caller = caller if isinstance(caller, str) else None
         self._runs[token] = run
         return run
 
     def forget(self, token: str) -> None:
         self._runs.pop(token, None)
         self.writer.drop(token)
+
+
+def caller_digest(caller: str) -> str:
+    """What binds a run to its caller: a SHA-256 of the caller's key (never the key itself,
+    which may be an account name or an address)."""
+    return hashlib.sha256(
+        b"ikproxy run caller\x00" + caller.encode("utf-8", "surrogatepass")
+    ).hexdigest()
+
+
+def _same_caller(bound: object, caller: str | None) -> bool:
+    """Whether a run bound to `bound` (a digest, or None: unbound) may be resumed by `caller`."""
+    if bound is None:
+        return True
+    return caller is not None and hmac.compare_digest(str(bound), caller_digest(caller))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import struct
 import time
 import uuid as uuid_module
@@ -46,6 +47,9 @@ _HEAD: Final = struct.Struct(">QB")  # expiry, kind
 _TEXT, _UUID = 0, 1
 _MAX_UUID_BYTES: Final = 256
 _INFO: Final = b"ikproxy sealed run reference v1"
+#: The text of a reference: base64url without padding, at most the longest one sealed.
+_MAX_CHARS: Final = -(-4 * (1 + _NONCE + _HEAD.size + _MAX_UUID_BYTES + _TAG) // 3)
+_BASE64URL: Final = re.compile(rf"[A-Za-z0-9_-]{{1,{_MAX_CHARS}}}")
 _AAD: Final = b"ikproxy run\x00"
 
 
@@ -103,10 +107,16 @@ class Sealer:
         """The run uuid a reference holds; `InvalidReference` or `ExpiredReference` otherwise."""
         from cryptography.exceptions import InvalidTag
 
+        # Strict: the url-safe alphabet only, no padding, and the one canonical text of
+        # its bytes (the decoder would skip other characters and ignore the spare bits).
+        if not _BASE64URL.fullmatch(reference) or len(reference) % 4 == 1:
+            raise InvalidReference("not a sealed reference")
         try:
             data = base64.urlsafe_b64decode(reference + "=" * (-len(reference) % 4))
         except (binascii.Error, ValueError):
             raise InvalidReference("not a sealed reference") from None
+        if base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii") != reference:
+            raise InvalidReference("not a sealed reference")
         if len(data) < 1 + _NONCE + _HEAD.size + _TAG or data[0] != _VERSION:
             raise InvalidReference("not a sealed reference")
         nonce, sealed = data[1 : 1 + _NONCE], data[1 + _NONCE :]

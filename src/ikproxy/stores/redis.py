@@ -19,16 +19,20 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ikproxy.redaction import redact_url
 from ikproxy.stores.base import Append, RunInfo, StoreUnavailable
 
 __all__ = ["RedisStore"]
@@ -132,6 +136,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 
+#: A Redis Cluster hash tag: the run token in a key.
+_HASH_TAG = re.compile(r"\{[^}]*\}")
+
 #: The longest a blocking read waits, so that its connection's timeout stays short.
 _MAX_BLOCK = 5.0
 
@@ -227,15 +234,36 @@ class RedisStore:
         return clients
 
     def __repr__(self) -> str:
-        return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
+        return f"RedisStore({redact_url(self.url)!r}, prefix={self.prefix!r})"
 
     @contextlib.asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
-        """Turn redis-py's connection failures into `StoreUnavailable`."""
+        """Turn redis-py's failures into `StoreUnavailable`: connection errors, timeouts and
+        error replies alike (OOM under `maxmemory`, READONLY on a replica, BUSY scripts).
+
+        Not chained: redis-py's own exception names the command and its keys (run
+        tokens), and a logged traceback would show it; the scrubbed text says the rest.
+        """
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+            raise StoreUnavailable(f"{self._where()} is unreachable: {self._scrub(exc)}") from None
+        except RedisError as exc:
+            what = f"{self._where()} refused a command ({type(exc).__name__})"
+            raise StoreUnavailable(f"{what}: {self._scrub(exc)}") from None
+
+    def _where(self) -> str:
+        return f"Redis at {redact_url(self.url)}"
+
+    def _scrub(self, exc: BaseException) -> str:
+        """redis-py's message, safe to log: its first line, without the command a pipeline
+        names (its keys hold run tokens), any `{hash tag}`, or the URL's password."""
+        text = (str(exc).splitlines() or [type(exc).__name__])[0]
+        text = _HASH_TAG.sub("{...}", text.rpartition(" caused error: ")[2])[:200]
+        password = urlsplit(self.url).password if "@" in self.url else None
+        for secret in {password, unquote(password)} if password else ():
+            text = text.replace(secret, "***")
+        return text
 
     def _run_keys(self, run: str) -> tuple[str, str, str]:
         base = f"{self.prefix}:run:{{{run}}}"

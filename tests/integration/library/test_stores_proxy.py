@@ -267,3 +267,24 @@ def test_max_active_runs_must_be_positive() -> None:
 
     with pytest.raises(ValueError, match=r"`max_active_runs`: must be at least 1, not 0$"):
         Policy(max_active_runs=0)
+
+
+def _by_user(request: Any) -> str:
+    return str(request.headers.get("x-user", "anonymous"))
+
+
+def test_a_stored_run_resumes_for_its_caller_only_on_any_instance(redis_url: str, prefix: str) -> None:
+    named = {"rate_limit_key": _by_user}
+    with (
+        _client(ScriptedDeployment(_script()), redis_url, prefix, **named) as a,
+        _client(ScriptedDeployment([]), redis_url, prefix, **named) as b,
+    ):
+        first = _sse(a.get("/api/run", params={"prompt": "x"}, headers={"X-User": "alice"}).content)
+        position = first[0].id or ""
+        unknown = b.get("/api/run", headers={"Last-Event-ID": "nosuchrunnosuchrunnosuch:1", "X-User": "bob"})
+        by_bob = b.get("/api/run", headers={"Last-Event-ID": position, "X-User": "bob"})
+        by_alice = b.get("/api/run", headers={"Last-Event-ID": position, "X-User": "alice"})
+    assert [e.event for e in _sse(by_alice.content)][-1] == "result"
+    assert by_bob.status_code == unknown.status_code == 410
+    assert by_bob.json()["error"]["message"] == unknown.json()["error"]["message"]
+    assert by_bob.json()["error"]["code"] == "resume_expired"

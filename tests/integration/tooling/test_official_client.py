@@ -1,4 +1,4 @@
-"""The official SCALE client, `ikomia-client` 0.4.1, against the fake SCALE server, unchanged.
+"""The official SCALE client, `ikomia-client` 0.4.2, against the fake SCALE server, unchanged.
 
 It runs a video file (uploaded to the fake storage first, as it always does
 for videos) and drives every method of its storage client. What it sent is

@@ -290,6 +290,40 @@ async def test_every_error_is_a_fetch_error() -> None:
         ("::ffff:127.0.0.1", False),
         ("::ffff:10.0.0.1", False),
         ("2002:0a00:0001::1", False),
+        # The explicit rule, the same on Python 3.10 to 3.13 (issue 17):
+        ("fec0::1", False),  # site-local (deprecated)
+        ("192.88.99.1", False),  # 6to4 relay anycast (deprecated)
+        ("3fff::1", False),  # documentation (RFC 9637)
+        ("192.0.0.8", False),  # IPv4 dummy address
+        ("192.0.0.9", False),
+        ("192.0.0.170", False),  # NAT64 discovery
+        ("192.0.2.1", False),
+        ("198.18.0.1", False),
+        ("198.51.100.7", False),
+        ("203.0.113.9", False),
+        ("255.255.255.255", False),
+        ("2001:db8::1", False),
+        ("2001:2::1", False),  # benchmarking (in 2001::/23)
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo
+        ("5f00::1", False),  # SRv6
+        ("100::1", False),  # discard-only
+        ("64:ff9b:1::1", False),  # local-use NAT64
+        ("::ffff:0:0:1", False),
+        ("::0.0.0.1", False),  # IPv4-compatible (deprecated)
+        ("4000::1", False),  # outside 2000::/3: not allocated
+        ("fd00::1", False),
+        ("ff0e::1", False),
+        ("::ffff:93.184.215.14", True),  # mapped, a public IPv4 address
+        ("64:ff9b::5db8:d70e", True),  # NAT64 of 93.184.215.14
+        ("64:ff9b::a00:1", False),  # NAT64 of 10.0.0.1
+        ("2002:5db8:d70e::1", True),  # 6to4 of 93.184.215.14
+        ("8.8.8.8", True),
+        ("1.1.1.1", True),
+        ("2001:4860:4860::8888", True),
+        ("2a00:1450:4007:80e::200e", True),
+        ("192.31.196.1", True),  # AS112, globally reachable
+        ("100.128.0.1", True),  # just past 100.64.0.0/10
+        ("172.32.0.1", True),  # just past 172.16.0.0/12
     ],
 )
 def test_public_addresses(address: str, public: bool) -> None:

@@ -334,3 +334,23 @@ async def test_an_fsspec_folder_is_zipped_and_a_missing_one_is_not_found(client:
     assert item["storage_object"]["data_type"] == "folder_path"
     with zipfile.ZipFile(io.BytesIO(fake.storage.read(_stored_uid(item, url)))) as archive:
         assert sorted(archive.namelist()) == ["a.txt", "sub/b.txt"]
+
+
+SECRET = "Fs-5e1c-s3cret"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        f"memory://user:{SECRET}@bucket/missing.mp4",
+        f"nosuch://user:{SECRET}@bucket/x.jpg",
+        f"memory://bucket/missing.mp4?token={SECRET}",
+        f"http://user:{SECRET}@127.0.0.1:1/x.jpg",
+    ],
+)
+async def test_no_credential_of_an_input_url_in_its_error(client: Client, given: str) -> None:
+    with pytest.raises(FetchError) as refused:
+        await client.run(given)
+    exc = refused.value
+    assert SECRET not in f"{exc} {exc!r} {exc.public_message} {getattr(exc, 'url', '')}"
+    assert exc.__cause__ is None or SECRET not in str(exc.__cause__)

@@ -17,7 +17,8 @@ SRC = ROOT / "src"
 
 #: The layers, bottom up. A module may import from its own layer or a lower one.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("ikproxy.__about__", "ikproxy.protocol", "ikproxy.deprecation"),
+    ("ikproxy.__about__", "ikproxy.protocol", "ikproxy.deprecation", "ikproxy.decimals"),
+    ("ikproxy.redaction",),
     ("ikproxy.errors", "ikproxy.codecs"),
     ("ikproxy.io", "ikproxy.model"),
     ("ikproxy.concurrency", "ikproxy.fetch"),

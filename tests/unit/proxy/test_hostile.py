@@ -166,3 +166,37 @@ def test_the_wsgi_mount_refuses_a_body_shorter_than_its_length() -> None:
     assert error["code"] == "bad_request"
     assert error["message"] == "the request body could not be read"
     assert deployment.calls == []
+
+
+@pytest.mark.parametrize("length", ["²", "9" * 5000, "-1", "1_0", " 8"])
+def test_the_wsgi_mount_refuses_a_content_length_that_is_not_ascii_digits(length: str) -> None:
+    import io
+    import json
+    import sys
+
+    from ikproxy.wsgi import create_wsgi_app
+
+    deployment = ScriptedDeployment()
+    app = create_wsgi_app(deployment, parameters={"prompt": str}, rate_limit=None)
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/run",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "x",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b"prompt=a"),
+        "wsgi.errors": sys.stderr,
+        "CONTENT_LENGTH": length,
+        "CONTENT_TYPE": "application/x-www-form-urlencoded",
+    }
+    answer: dict[str, object] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc: object = None) -> None:
+        answer["status"] = status
+
+    body = b"".join(app(environ, start_response))
+    assert answer["status"] == "400 Bad Request"
+    assert json.loads(body)["error"]["message"] == "invalid Content-Length header"
+    assert deployment.calls == []

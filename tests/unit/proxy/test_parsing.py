@@ -198,9 +198,11 @@ def test_verify_image_names_the_size_of_a_bomb() -> None:
     assert caught.value.message == (
         "the image is 8000x8000 pixels: at most 40000000 pixels are accepted"
     )
-    with pytest.raises(HTTPError) as caught:  # beyond Pillow's own limit: no size to give
+    with pytest.raises(HTTPError) as caught:  # beyond Pillow's own limit: sized from the header too
         verify_image(png_bomb(20000, 20000), max_pixels=40_000_000)
-    assert caught.value.message == "the image is too large: at most 40000000 pixels are accepted"
+    assert caught.value.message == (
+        "the image is 20000x20000 pixels: at most 40000000 pixels are accepted"
+    )
 
 
 def test_verify_image_keeps_pillows_global_limit() -> None:
@@ -302,3 +304,53 @@ async def test_a_short_async_multipart_body_read_while_parsed_is_refused() -> No
             request, body(), Policy(parameters={"prompt": str}), "r1", UploadDir()
         )
     assert caught.value.status == 400
+
+
+# -- many fields ---------------------------------------------------------------------------------
+
+MANY = 150_000
+TOO_MANY = (413, "payload_too_large", "too many form fields: at most 1000 per request")
+
+
+def test_a_multipart_body_of_150000_tiny_fields_is_refused_at_the_cap(
+    client: TestClient, deployment: ScriptedDeployment
+) -> None:
+    body = multipart([(f"f{i}", b"x", False) for i in range(MANY)], boundary="xyz")
+    assert len(body) < 16 * 1024**2
+    response = _post_multipart(client, body, "xyz")
+    assert _refused(response, *TOO_MANY[:2]) == TOO_MANY[2]
+    assert deployment.calls == []
+
+
+def test_the_multipart_reader_stops_at_the_first_field_past_the_cap() -> None:
+    from ikproxy.policy import Policy
+    from ikproxy.proxy.multipart import MultipartReader
+
+    reader = MultipartReader("multipart/form-data; boundary=xyz", Policy(max_form_fields=10), None)
+    body = multipart([(f"f{i}", b"x", False) for i in range(MANY)], boundary="xyz")
+    with pytest.raises(HTTPError) as refused:
+        reader.feed(body)
+    assert refused.value.message == "too many form fields: at most 10 per request"
+    assert len(reader.fields) == 10
+
+
+@pytest.mark.parametrize("where", ["form", "query"])
+def test_a_form_of_150000_fields_or_a_long_query_is_refused(
+    client: TestClient, deployment: ScriptedDeployment, where: str
+) -> None:
+    if where == "form":
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        pairs = "&".join(f"f{i}=x" for i in range(MANY))
+        response = client.post("/api/run", content=pairs, headers=form)
+    else:  # as many as a URL holds
+        response = client.get("/api/run?" + "&".join(["a"] * 20_000))
+    assert _refused(response, *TOO_MANY[:2]) == TOO_MANY[2]
+    assert deployment.calls == []
+
+
+def test_max_form_fields_is_a_checked_policy_option() -> None:
+    from ikproxy.policy import Policy
+
+    assert Policy().max_form_fields == 1000
+    with pytest.raises(ValueError, match="Policy option `max_form_fields`: must be at least 1, not 0"):
+        Policy(max_form_fields=0)

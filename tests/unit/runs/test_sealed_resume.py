@@ -87,6 +87,28 @@ def test_every_altered_byte_is_refused() -> None:
             sealer.open(garbage, "alice")
 
 
+def test_only_the_canonical_text_of_a_reference_opens() -> None:
+    sealer = Sealer(SECRET)
+    reference = sealer.seal(RUN_UUID, "alice", time.time() + 60)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(reference[-1])
+    spare_bits = {2: 4, 3: 2}.get(len(reference) % 4, 0)  # bits base64 leaves unused at the end
+    same_bytes = [reference[:-1] + alphabet[last ^ bit] for bit in range(1, 1 << spare_bits)]
+    for text in [
+        reference + "!!!!",
+        reference + "=",
+        reference + "==",
+        reference + "\n",
+        " " + reference,
+        reference[:10] + "!" + reference[10:],
+        reference[:10] + "+" + reference[11:],  # the standard alphabet, not url-safe
+        *same_bytes,
+    ]:
+        with pytest.raises(InvalidReference):
+            sealer.open(text, "alice")
+    assert sealer.open(reference, "alice") == RUN_UUID
+
+
 def test_an_expired_reference_is_refused() -> None:
     sealer = Sealer(SECRET)
     reference = sealer.seal(RUN_UUID, "alice", 1000.0)

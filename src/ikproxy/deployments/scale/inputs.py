@@ -256,9 +256,9 @@ async def _fsspec_copy(url: str, scratch: str, max_bytes: int) -> FileIO:
         raise FetchNotFound(f"{shown} was not found", url=shown) from None
     except ImportError as exc:  # the protocol's own package (s3fs, gcsfs...) is missing
         raise FetchUnsupportedScheme(f"{shown}: {exc}", url=shown) from None
-    except ValueError as exc:
+    except ValueError as exc:  # its text may hold the URL, credentials included: not shown
         if "protocol" not in str(exc).lower():
-            raise
+            raise FetchHTTPError(f"cannot read {shown}: ValueError", url=shown) from None
         scheme = url.split("://", 1)[0]
         raise FetchUnsupportedScheme(
             f"{scheme}:// is not a protocol fsspec knows", url=shown

@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ikproxy.decimals import parse_decimal
 from ikproxy.deployments.scale.objects import (
     PEER,
     Download,
@@ -278,7 +279,7 @@ class Storage:
             yield Download(
                 status_code=response.status_code,
                 content_type=response.headers.get("content-type"),
-                content_length=int(length) if length and length.isdigit() else None,
+                content_length=parse_decimal(length) if length else None,
                 content_range=response.headers.get("content-range"),
                 _response=response,
             )
