@@ -41,7 +41,7 @@ import httpx
 
 from tests.docs.blocks import Block, blocks_of, pages
 from tests.docs.world import World
-from tests.support.servers import ROOT, free_port, running_server
+from tests.support.servers import ROOT, free_port, running_server, wait_until_listening
 
 COMMAND_TIMEOUT = 60.0
 #: What the servers the docs start print once they accept connections.
@@ -164,6 +164,8 @@ class ShellPage:
             self.app_server(program, args, env)
         elif program == "curl":
             self.curl(args)
+        elif program == "celery":
+            self.celery(args, env)
         else:
             raise AssertionError(f"{program}: teach tests/docs/shblocks.py this command")
         return cwd
@@ -260,10 +262,32 @@ class ShellPage:
         """`uvicorn app:app ...`: the page's block that makes `app`, saved as app.py, served."""
         target = next((arg for arg in args if re.fullmatch(r"[\w.]+:\w+", arg)), None)
         assert target, f"{program} {' '.join(args)}: no MODULE:APP"
+        self._module_of(target)
+        self._serve([sys.executable, "-m", program, *args], env, health=True)
+
+    def celery(self, args: list[str], env: dict[str, str]) -> None:
+        """`celery -A module:app worker ...`: the module saved as for an app server, the worker
+        started as written (INFO logs, quick start-up), checked ready, stopped by pid."""
+        assert args[:1] == ["-A"], f"celery {' '.join(args)}: teach me"
+        assert "worker" in args, f"celery {' '.join(args)}: teach me"
+        self._module_of(args[1])
+        command = [str(Path(sys.executable).parent / "celery"), *args]
+        command += ["--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+        command = [self.world.rewrite(word) for word in command]
+        environ = {key: self.world.rewrite(value) for key, value in self._environ(env).items()}
+        with running_server(
+            command, ready=r"@\S+ ready\.", env=environ, cwd=self.folder, timeout=90
+        ):
+            pass
+
+    def _module_of(self, target: str) -> None:
+        """Save the page's block that makes `target`'s object as its module (a module of the
+        package is used as it is)."""
         module, _, name = target.partition(":")
+        if module.split(".")[0] == "ikproxy":
+            return
         source = self._python_making(name)
         (self.folder / f"{module.replace('.', '/')}.py").write_text(self.world.rewrite(source))
-        self._serve([sys.executable, "-m", program, *args], env, health=True)
 
     def curl(self, args: list[str]) -> None:
         urls = [arg for arg in args if arg.startswith("http")]
@@ -280,7 +304,7 @@ class ShellPage:
         raise AssertionError(f"no Python block of {self.page} makes {name!r}")
 
     def _environ(self, env: dict[str, str]) -> dict[str, str]:
-        return {**os.environ, **env}
+        return {**os.environ, **{key: self.world.rewrite(value) for key, value in env.items()}}
 
     def _run(self, command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -314,9 +338,12 @@ class ShellPage:
         stack, port = taken or self._start(command, env, folder)
         url = f"http://127.0.0.1:{port}"
         with stack:
+            wait_until_listening(url)  # several workers listen a little after they say so
             answer = httpx.get(f"{url}/api/health" if health else url, timeout=10)
+            if health and answer.status_code == 404:  # an app made by create_app: at the root
+                answer = httpx.get(f"{url}/health", timeout=10)
             if health:
-                assert answer.status_code == 200, f"{url}/api/health: {answer.status_code}"
+                assert answer.status_code == 200, f"{answer.url}: {answer.status_code}"
                 assert answer.json()["status"] == "ok"
 
     def _start(

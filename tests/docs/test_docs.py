@@ -56,6 +56,10 @@ from tests.docs.world import SCALE_ENDPOINT, World, world
 
 #: Blocks not run: id -> (a piece of the block's code, what it needs that a test must not use).
 SKIP: dict[str, tuple[str, str]] = {
+    "docs/guides/celery.md#5": (
+        'outputs_location="s3://my-bucket/ikproxy-outputs"',
+        "writes to an S3 bucket of the reader's (the network)",
+    ),
     "docs/guides/inputs-and-outputs.md#1": (
         'client.run("https://example.com/clip.mp4")',
         "fetches https://example.com/clip.mp4 (the network)",
@@ -68,6 +72,11 @@ SKIP: dict[str, tuple[str, str]] = {
 
 #: Python blocks only compiled and checked: id -> (a piece of the code, why it cannot run alone).
 FRAGMENTS: dict[str, tuple[str, str]] = {
+    "docs/guides/celery.md#2": (
+        "deployment = CeleryDeployment(celery_app, store=store",
+        "its runs need a Celery worker: the next block starts one, and"
+        " tests/integration/deployments/test_celery.py runs this module's shape end to end",
+    ),
     "docs/guides/testing.md#4": (
         'await fake.wait_for("poll", count=2)',
         "waits for the polls of a client the excerpt leaves out",

@@ -41,8 +41,8 @@ T = TypeVar("T")
 SCALE_ENDPOINT = re.compile(r"https://[\w.-]+\.scale\.ikomia\.ai")
 #: The demo server of the docs (`ikproxy demo --port 8000`).
 DEMO_ADDRESS = re.compile(r"(?:127\.0\.0\.1|localhost):8000\b")
-#: A Redis of the docs (`RedisStore("redis://redis:6379/0")`): the host `redis`.
-REDIS_URL = re.compile(r"redis://redis(?::\d+)?/\d+")
+#: A Redis of the docs (`RedisStore("redis://redis:6379/0")`, or on the loopback).
+REDIS_URL = re.compile(r"redis://(?:redis|127\.0\.0\.1|localhost)(?::\d+)?/\d+")
 #: The token `python -m ikproxy.testing` accepts by default.
 FAKE_TOKEN = "fake-token"
 

@@ -26,7 +26,15 @@ def python() -> str:
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--clear", str(VENV)], check=True)
     subprocess.run(
-        [str(interpreter), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PACKAGES],
+        [
+            str(interpreter),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            *PACKAGES,
+        ],
         check=True,
     )
     READY.write_text(" ".join(PACKAGES) + "\n")

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -168,3 +169,19 @@ def serve_in_thread(app: Any, **config: Any) -> Iterator[Served]:
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+def wait_until_listening(url: str, timeout: float = 20.0) -> None:
+    """Wait (bounded) until a server at `url` accepts a connection: with `--workers`,
+    uvicorn says it is running when its supervisor has bound the socket, before any
+    worker listens on it."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=5) as http:
+        while True:
+            try:
+                http.get(url)
+                return
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)

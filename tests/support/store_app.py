@@ -22,7 +22,9 @@ from ikproxy.stores import RedisStore
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
+]
 
 
 class PacedDeployment:
@@ -54,7 +56,9 @@ def _options() -> dict[str, Any]:
     return {
         "parameters": {"events": int, "pace": float, "gate": str},
         "resume_window": float(os.environ.get("IKPROXY_TEST_WINDOW", "30")),
-        "store": RedisStore(os.environ["IKPROXY_TEST_REDIS"], prefix=os.environ["IKPROXY_TEST_PREFIX"]),
+        "store": RedisStore(
+            os.environ["IKPROXY_TEST_REDIS"], prefix=os.environ["IKPROXY_TEST_PREFIX"]
+        ),
         "rate_limit": TokenBucket(rate=0.01, burst=5),
         "rate_limit_key": _client_key,
         "max_active_runs": 2,
@@ -68,7 +72,11 @@ def create_app() -> ASGIApp:
     inner = create_asgi_app(PacedDeployment(), **_options())
     pid = str(os.getpid()).encode()
 
-    async def app(scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]) -> None:
+    async def app(
+        scope: Scope,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
         async def send_with_pid(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), (b"x-worker-pid", pid)]

@@ -22,7 +22,7 @@ import pytest
 from ikproxy.codecs.sse import ServerSentEvent, SSEDecoder
 from ikproxy.protocol import parse_position
 from tests.support.redis import redis_server
-from tests.support.servers import ROOT, free_port, running_server
+from tests.support.servers import ROOT, free_port, running_server, wait_until_listening
 
 
 def _env(redis_url: str) -> dict[str, str | None]:
@@ -38,23 +38,8 @@ def _uvicorn(env: dict[str, str | None], *extra: str) -> Iterator[str]:
     ready = "Uvicorn running on"  # the socket is bound; it listens once a worker is up
     with running_server([*args, "--log-level", "info", *extra], ready=ready, env=env):
         url = f"http://127.0.0.1:{port}"
-        _wait_until_listening(url)
+        wait_until_listening(url + "/health")
         yield url
-
-
-def _wait_until_listening(url: str, timeout: float = 20.0) -> None:
-    """Wait (bounded) until a server answers: with `--workers`, uvicorn says it is running
-    when its supervisor has bound the socket, before any worker listens on it."""
-    deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=5) as http:
-        while True:
-            try:
-                http.get(url + "/health")
-                return
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
 
 
 @contextmanager

@@ -44,7 +44,12 @@ def store(redis_url: str) -> RedisStore:
 
 def _options(store: RedisStore) -> dict[str, Any]:
     bucket = TokenBucket(rate=0.001, burst=1)
-    return {"store": store, "rate_limit": bucket, "rate_limit_key": _key, "parameters": {"prompt": str}}
+    return {
+        "store": store,
+        "rate_limit": bucket,
+        "rate_limit_key": _key,
+        "parameters": {"prompt": str},
+    }
 
 
 def _assert_limited(status: int, body: Any) -> None:

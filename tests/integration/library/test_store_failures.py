@@ -214,11 +214,17 @@ def _requests(client: httpx.Client) -> list[str]:
         client.get("/api/run", headers={"Last-Event-ID": "abcdefghijklmnopqrstuvwx:1"}),
         client.post(
             "/api/run",
-            json={"prompt": "x", "image": f"http://user:{INPUT_SECRET}@127.0.0.1:{free_port()}/a.png"},
+            json={
+                "prompt": "x",
+                "image": f"http://user:{INPUT_SECRET}@127.0.0.1:{free_port()}/a.png",
+            },
         ),
         client.post(
             "/api/run",
-            json={"prompt": "x", "image": f"https://user:{INPUT_SECRET}@10.0.0.1/a.png?sig={INPUT_SECRET}"},
+            json={
+                "prompt": "x",
+                "image": f"https://user:{INPUT_SECRET}@10.0.0.1/a.png?sig={INPUT_SECRET}",
+            },
         ),
     ]
     return [f"{r.status_code} {r.headers} {r.text}" for r in answers]

@@ -273,7 +273,9 @@ def _by_user(request: Any) -> str:
     return str(request.headers.get("x-user", "anonymous"))
 
 
-def test_a_stored_run_resumes_for_its_caller_only_on_any_instance(redis_url: str, prefix: str) -> None:
+def test_a_stored_run_resumes_for_its_caller_only_on_any_instance(
+    redis_url: str, prefix: str
+) -> None:
     named = {"rate_limit_key": _by_user}
     with (
         _client(ScriptedDeployment(_script()), redis_url, prefix, **named) as a,
@@ -281,7 +283,9 @@ def test_a_stored_run_resumes_for_its_caller_only_on_any_instance(redis_url: str
     ):
         first = _sse(a.get("/api/run", params={"prompt": "x"}, headers={"X-User": "alice"}).content)
         position = first[0].id or ""
-        unknown = b.get("/api/run", headers={"Last-Event-ID": "nosuchrunnosuchrunnosuch:1", "X-User": "bob"})
+        unknown = b.get(
+            "/api/run", headers={"Last-Event-ID": "nosuchrunnosuchrunnosuch:1", "X-User": "bob"}
+        )
         by_bob = b.get("/api/run", headers={"Last-Event-ID": position, "X-User": "bob"})
         by_alice = b.get("/api/run", headers={"Last-Event-ID": position, "X-User": "alice"})
     assert [e.event for e in _sse(by_alice.content)][-1] == "result"

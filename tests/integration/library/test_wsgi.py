@@ -139,7 +139,15 @@ def _closed() -> dict[str, bool]:
 
 def test_a_real_server_closes_the_run_when_the_client_leaves() -> None:
     port = free_port()
-    args = ["-m", "flask", "--app", "tests.integration.library.test_wsgi:server_app", "run", "--port", str(port)]
+    args = [
+        "-m",
+        "flask",
+        "--app",
+        "tests.integration.library.test_wsgi:server_app",
+        "run",
+        "--port",
+        str(port),
+    ]
     python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     with (
         running_server(args, ready="Running on", env={"PYTHONPATH": python_path}),

@@ -143,11 +143,16 @@ def test_our_client_uploads_the_video_as_the_official_one(
     theirs, ours = runs[0].json, runs[-1].json
     # Same run body, but for the uid of each upload.
     for body in (theirs, ours):
-        body["inputs"][0]["storage_object"]["url"] = body["inputs"][0]["storage_object"]["url"].rsplit("=", 1)[0]
+        body["inputs"][0]["storage_object"]["url"] = body["inputs"][0]["storage_object"][
+            "url"
+        ].rsplit("=", 1)[0]
     assert theirs == ours
     assert uploads[0].method == uploads[-1].method == "POST"
     first_video = fake.storage.objects()[0]
     last_video = fake.storage.objects()[-1]
-    assert (first_video.content_type, first_video.sha256) == (last_video.content_type, last_video.sha256)
+    assert (first_video.content_type, first_video.sha256) == (
+        last_video.content_type,
+        last_video.sha256,
+    )
     jwts = [r for r in fake.requests if r.kind == "jwt"]
     assert {r.query["storage"] for r in jwts} == {"true"}

@@ -31,13 +31,23 @@ async def http(fake: FakeScale) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def test_an_upload_is_recorded_without_its_body(http: httpx.AsyncClient, fake: FakeScale) -> None:
+async def test_an_upload_is_recorded_without_its_body(
+    http: httpx.AsyncClient, fake: FakeScale
+) -> None:
     answer = await http.post("/v1/objects/a/b.txt", files={"file": (None, b"hello", "text/plain")})
     assert answer.status_code == 201
     obj = answer.json()
     assert obj["path"] == "a/b.txt"
     assert obj["download_url"] == f"{BASE}/v1/downloads/{obj['uid']}"
-    assert set(obj) == {"uid", "path", "download_url", "content_type", "sha256", "size", "created_at"}
+    assert set(obj) == {
+        "uid",
+        "path",
+        "download_url",
+        "content_type",
+        "sha256",
+        "size",
+        "created_at",
+    }
     upload = fake.requests[-1]
     assert (upload.kind, upload.method, upload.body, upload.json) == ("storage", "POST", b"", None)
     assert fake.storage.read(obj["uid"]) == b"hello"
@@ -54,9 +64,13 @@ async def test_bad_requests_answer_a_detail(http: httpx.AsyncClient) -> None:
     assert no_path.status_code == 405
     bad_date = await http.put("/v1/presigned-urls/download/u", data={"expire_at": "tomorrow"})
     assert bad_date.json() == {"detail": "expire_at must be an ISO 8601 date and time"}
-    naive = await http.put("/v1/presigned-urls/download/u", data={"expire_at": "2030-01-01T00:00:00"})
+    naive = await http.put(
+        "/v1/presigned-urls/download/u", data={"expire_at": "2030-01-01T00:00:00"}
+    )
     assert naive.json() == {"detail": "expire_at must carry a UTC offset"}
-    unknown = await http.put("/v1/presigned-urls/download/u", data={"expire_at": "2030-01-01T00:00:00+00:00"})
+    unknown = await http.put(
+        "/v1/presigned-urls/download/u", data={"expire_at": "2030-01-01T00:00:00+00:00"}
+    )
     assert (unknown.status_code, unknown.json()) == (404, {"detail": "No object with uid 'u'."})
 
 
@@ -75,17 +89,28 @@ async def test_storage_needs_a_bearer_jwt(fake: FakeScale) -> None:
         assert (await http.get("/v1/infos")).status_code == 401
 
 
-async def test_a_run_with_a_stored_input_reports_it(http: httpx.AsyncClient, fake: FakeScale) -> None:
+async def test_a_run_with_a_stored_input_reports_it(
+    http: httpx.AsyncClient, fake: FakeScale
+) -> None:
     stored = fake.storage.add(b"abc", content_type="video/mp4")
     body = {
-        "inputs": [{"storage_object": {"url": f"{BASE}/v1/objects/?uid={stored.uid}", "data_type": "video"}}],
+        "inputs": [
+            {
+                "storage_object": {
+                    "url": f"{BASE}/v1/objects/?uid={stored.uid}",
+                    "data_type": "video",
+                }
+            }
+        ],
         "outputs": [{"task_name": "infer_demo", "task_index": 0}],
     }
     run = await http.put("/api/run", json=body)
     assert run.status_code == 200
     body["inputs"][0]["storage_object"]["data_type"] = "movie"
     refused = await http.put("/api/run", json=body)
-    assert refused.json() == {"message": "inputs[0].storage_object.data_type must be image, video, file_path or folder_path"}
+    assert refused.json() == {
+        "message": "inputs[0].storage_object.data_type must be image, video, file_path or folder_path"
+    }
 
 
 def test_the_workflow_input_type_is_configurable() -> None:

@@ -112,7 +112,9 @@ def server() -> Iterator[str]:
 
 
 async def test_fetches_into_memory_and_sniffs_the_bytes(server: str) -> None:
-    fetched = await fetch_url(f"{server}/image.png?sig=secret", max_bytes=10_000, timeout=5, allow_private=True)
+    fetched = await fetch_url(
+        f"{server}/image.png?sig=secret", max_bytes=10_000, timeout=5, allow_private=True
+    )
     assert fetched.data == PNG
     assert fetched.size == len(PNG)
     assert fetched.content_type == "image/png"
@@ -122,7 +124,9 @@ async def test_fetches_into_memory_and_sniffs_the_bytes(server: str) -> None:
 
 
 async def test_fetches_into_a_file_in_a_directory(server: str, tmp_path: Path) -> None:
-    fetched = await fetch_url(f"{server}/video.mp4", max_bytes=10_000, timeout=5, allow_private=True, dest=tmp_path)
+    fetched = await fetch_url(
+        f"{server}/video.mp4", max_bytes=10_000, timeout=5, allow_private=True, dest=tmp_path
+    )
     assert fetched.data is None
     assert fetched.path is not None
     assert fetched.path.parent == tmp_path
@@ -133,7 +137,9 @@ async def test_fetches_into_a_file_in_a_directory(server: str, tmp_path: Path) -
 
 async def test_fetches_into_a_given_file(server: str, tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
-    fetched = await fetch_url(f"{server}/big", max_bytes=len(BIG), timeout=5, allow_private=True, dest=target)
+    fetched = await fetch_url(
+        f"{server}/big", max_bytes=len(BIG), timeout=5, allow_private=True, dest=target
+    )
     assert fetched.path == target
     assert target.read_bytes() == BIG
 
@@ -147,7 +153,9 @@ async def test_declared_length_over_the_limit_is_refused_before_reading(server: 
 
 async def test_limit_holds_while_reading_a_chunked_body(server: str, tmp_path: Path) -> None:
     with pytest.raises(FetchTooLarge, match="larger than the limit of 100000 bytes"):
-        await fetch_url(f"{server}/big-chunked", max_bytes=100_000, timeout=5, allow_private=True, dest=tmp_path)
+        await fetch_url(
+            f"{server}/big-chunked", max_bytes=100_000, timeout=5, allow_private=True, dest=tmp_path
+        )
     assert not any(tmp_path.iterdir())  # noqa: ASYNC240 - the partial file is removed
 
 
@@ -185,13 +193,19 @@ async def test_connection_refused_is_an_http_error() -> None:
 
 
 async def test_redirects_are_followed_up_to_the_limit(server: str) -> None:
-    fetched = await fetch_url(f"{server}/hop/2", max_bytes=10_000, timeout=5, allow_private=True, max_redirects=3)
+    fetched = await fetch_url(
+        f"{server}/hop/2", max_bytes=10_000, timeout=5, allow_private=True, max_redirects=3
+    )
     assert fetched.data == PNG
     assert fetched.url == f"{server}/image.png"
     with pytest.raises(FetchTooManyRedirects, match="more than 2 times"):
-        await fetch_url(f"{server}/hop/2", max_bytes=10_000, timeout=5, allow_private=True, max_redirects=2)
+        await fetch_url(
+            f"{server}/hop/2", max_bytes=10_000, timeout=5, allow_private=True, max_redirects=2
+        )
     with pytest.raises(FetchTooManyRedirects):
-        await fetch_url(f"{server}/hop/0", max_bytes=10_000, timeout=5, allow_private=True, max_redirects=0)
+        await fetch_url(
+            f"{server}/hop/0", max_bytes=10_000, timeout=5, allow_private=True, max_redirects=0
+        )
 
 
 async def test_a_redirect_to_another_scheme_is_refused(server: str) -> None:
@@ -199,7 +213,9 @@ async def test_a_redirect_to_another_scheme_is_refused(server: str) -> None:
         await fetch_url(f"{server}/to-file-scheme", max_bytes=100, timeout=5, allow_private=True)
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/x", "gopher://x/", "/relative"])
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://example.com/x", "gopher://x/", "/relative"]
+)
 async def test_unsupported_schemes(url: str) -> None:
     with pytest.raises(FetchUnsupportedScheme) as info:
         await fetch_url(url, max_bytes=100, timeout=5, allow_private=True)
@@ -243,7 +259,9 @@ async def test_the_connection_goes_to_the_checked_address_with_the_name_as_host(
         return httpx.Response(200, content=PNG)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        fetched = await fetch_url("https://93.184.215.14:8443/a.png?x=1", max_bytes=10_000, timeout=5, client=client)
+        fetched = await fetch_url(
+            "https://93.184.215.14:8443/a.png?x=1", max_bytes=10_000, timeout=5, client=client
+        )
     assert fetched.data == PNG
     (request,) = seen
     assert request.url.host == "93.184.215.14"
@@ -252,19 +270,47 @@ async def test_the_connection_goes_to_the_checked_address_with_the_name_as_host(
 
 
 async def test_allowed_origins_are_checked_on_every_hop(server: str) -> None:
-    fetched = await fetch_url(f"{server}/hop/1", max_bytes=10_000, timeout=5, allow_private=True, allowed_origins=[server + "/"])
+    fetched = await fetch_url(
+        f"{server}/hop/1",
+        max_bytes=10_000,
+        timeout=5,
+        allow_private=True,
+        allowed_origins=[server + "/"],
+    )
     assert fetched.data == PNG
     with pytest.raises(FetchOriginNotAllowed, match="is not an allowed origin"):
-        await fetch_url(f"{server}/image.png", max_bytes=10_000, timeout=5, allow_private=True, allowed_origins=["https://cdn.example"])
+        await fetch_url(
+            f"{server}/image.png",
+            max_bytes=10_000,
+            timeout=5,
+            allow_private=True,
+            allowed_origins=["https://cdn.example"],
+        )
     other = server.replace("127.0.0.1", "localhost")
     async with httpx.AsyncClient(headers={"X-Other": f"{other}/image.png"}) as client:
         with pytest.raises(FetchOriginNotAllowed) as info:
-            await fetch_url(f"{server}/to-other", max_bytes=10_000, timeout=5, allow_private=True, allowed_origins=[server], client=client)
+            await fetch_url(
+                f"{server}/to-other",
+                max_bytes=10_000,
+                timeout=5,
+                allow_private=True,
+                allowed_origins=[server],
+                client=client,
+            )
     assert info.value.url == f"{other}/image.png"
 
 
 async def test_every_error_is_a_fetch_error() -> None:
-    for cls in (FetchNotFound, FetchTooLarge, FetchTimeout, FetchRefusedAddress, FetchOriginNotAllowed, FetchUnsupportedScheme, FetchTooManyRedirects, FetchHTTPError):
+    for cls in (
+        FetchNotFound,
+        FetchTooLarge,
+        FetchTimeout,
+        FetchRefusedAddress,
+        FetchOriginNotAllowed,
+        FetchUnsupportedScheme,
+        FetchTooManyRedirects,
+        FetchHTTPError,
+    ):
         assert issubclass(cls, FetchError)
 
 
@@ -334,7 +380,10 @@ def test_origins_and_redaction() -> None:
     assert origin_of("HTTPS://Example.COM:443/a") == "https://example.com"
     assert origin_of("http://[::1]:80/") == "http://[::1]"
     assert origin_of("http://h:8080/x") == "http://h:8080"
-    assert redact_url("https://user:pw@h.example/p/x.jpg?X-Amz-Signature=s#f") == "https://h.example/p/x.jpg"
+    assert (
+        redact_url("https://user:pw@h.example/p/x.jpg?X-Amz-Signature=s#f")
+        == "https://h.example/p/x.jpg"
+    )
 
 
 @pytest.mark.parametrize(
@@ -343,7 +392,10 @@ def test_origins_and_redaction() -> None:
         (PNG, "image/png"),
         (MP4, "video/mp4"),
         (b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00", "video/quicktime"),
-        (b"\x1aE\xdf\xa3\x9fB\x86\x81\x01B\xf7\x81\x01B\xf2\x81\x04B\xf3\x81\x08B\x82\x84webm", "video/webm"),
+        (
+            b"\x1aE\xdf\xa3\x9fB\x86\x81\x01B\xf7\x81\x01B\xf2\x81\x04B\xf3\x81\x08B\x82\x84webm",
+            "video/webm",
+        ),
         (b"\x1aE\xdf\xa3\x9fB\x86\x81\x01B\x82\x88matroska", "video/x-matroska"),
         (b"RIFF\x00\x00\x00\x00AVI LIST", "video/x-msvideo"),
         (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image/webp"),

@@ -114,7 +114,9 @@ def _stored_uid(item: dict[str, Any], scalefs: str) -> str:
 # -- URLs ----------------------------------------------------------------------
 
 
-async def test_an_image_url_is_fetched_and_sent_inline(client: Client, fake: FakeScale, pages: str) -> None:
+async def test_an_image_url_is_fetched_and_sent_inline(
+    client: Client, fake: FakeScale, pages: str
+) -> None:
     results = await client.run(f"{pages}/Foggy_Cityscapes.jpg")
     assert _run_inputs(fake) == [{"image": base64.b64encode(TINY_PNG).decode()}]
     assert results.get_outputs() == [ImageIO(TINY_PNG)]
@@ -125,7 +127,9 @@ async def test_a_redirected_image_url(client: Client, fake: FakeScale, pages: st
     assert _run_inputs(fake) == [{"image": base64.b64encode(TINY_PNG).decode()}]
 
 
-async def test_a_video_url_goes_through_storage_typed_by_its_bytes(client: Client, fake: FakeScale, pages: str, url: str) -> None:
+async def test_a_video_url_goes_through_storage_typed_by_its_bytes(
+    client: Client, fake: FakeScale, pages: str, url: str
+) -> None:
     results = await client.run(f"{pages}/clip")
     (item,) = _run_inputs(fake)
     assert item["storage_object"]["data_type"] == "video"
@@ -133,13 +137,25 @@ async def test_a_video_url_goes_through_storage_typed_by_its_bytes(client: Clien
     assert stored.content_type == "video/mp4"
     assert fake.storage.read(stored.uid) == VIDEO
     (output,) = results.get_outputs()
-    assert output == TaskIO("stored_input", {"uid": stored.uid, "size": len(VIDEO), "sha256": hashlib.sha256(VIDEO).hexdigest(), "content_type": "video/mp4", "data_type": "video"})
+    assert output == TaskIO(
+        "stored_input",
+        {
+            "uid": stored.uid,
+            "size": len(VIDEO),
+            "sha256": hashlib.sha256(VIDEO).hexdigest(),
+            "content_type": "video/mp4",
+            "data_type": "video",
+        },
+    )
 
 
 async def test_url_errors_are_clear(client: Client, fake: FakeScale, pages: str) -> None:
     with pytest.raises(FetchNotFound, match=r"/missing was not found \(HTTP 404\)"):
         await client.run(f"{pages}/missing")
-    with pytest.raises(InvalidInput, match=r"/page\.html: cannot send a file of type 'text/html' to a workflow input of type 'image'"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"/page\.html: cannot send a file of type 'text/html' to a workflow input of type 'image'",
+    ):
         await client.run(f"{pages}/page.html")
     with pytest.raises(FetchUnsupportedScheme, match="nosuch:// is not a protocol fsspec knows"):
         await client.run("nosuch://bucket/x.jpg")
@@ -173,16 +189,23 @@ async def test_an_fsspec_url(client: Client, fake: FakeScale) -> None:
     assert [o.content_type for o in fake.storage.objects()] == ["video/mp4"]
 
 
-async def test_an_fsspec_url_without_fsspec(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_fsspec_url_without_fsspec(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "fsspec", None)
-    with pytest.raises(FetchUnsupportedScheme, match=r"s3:// inputs need fsspec \(pip install 'ikproxy\[fsspec\]'\)"):
+    with pytest.raises(
+        FetchUnsupportedScheme,
+        match=r"s3:// inputs need fsspec \(pip install 'ikproxy\[fsspec\]'\)",
+    ):
         await client.run("s3://bucket/x.jpg")
 
 
 # -- files and folders -----------------------------------------------------------
 
 
-async def test_a_video_file_goes_through_storage(client: Client, fake: FakeScale, tmp_path: Path, url: str) -> None:
+async def test_a_video_file_goes_through_storage(
+    client: Client, fake: FakeScale, tmp_path: Path, url: str
+) -> None:
     video = tmp_path / "clip.mp4"
     video.write_bytes(VIDEO)
     await client.run(video)
@@ -198,7 +221,10 @@ async def test_a_video_file_goes_through_storage(client: Client, fake: FakeScale
 async def test_a_video_workflow_refuses_an_image_file(client: Client, tmp_path: Path) -> None:
     image = tmp_path / "photo.png"
     image.write_bytes(TINY_PNG)
-    with pytest.raises(InvalidInput, match="cannot send a file of type 'image/png' to a workflow input of type 'video'"):
+    with pytest.raises(
+        InvalidInput,
+        match="cannot send a file of type 'image/png' to a workflow input of type 'video'",
+    ):
         await client.run(image)
     with pytest.raises(InvalidInput):
         await client.run(ImageIO(TINY_PNG), save_temporary=True)
@@ -217,7 +243,9 @@ async def test_a_file(client: Client, fake: FakeScale, tmp_path: Path, url: str)
 
 
 @pytest.mark.parametrize("fake", ["IODataType.FOLDER_PATH"], indirect=True)
-async def test_a_folder_is_zipped(client: Client, fake: FakeScale, tmp_path: Path, url: str) -> None:
+async def test_a_folder_is_zipped(
+    client: Client, fake: FakeScale, tmp_path: Path, url: str
+) -> None:
     folder = tmp_path / "frames"
     (folder / "sub").mkdir(parents=True)
     (folder / "a.txt").write_text("A")
@@ -232,10 +260,16 @@ async def test_a_folder_is_zipped(client: Client, fake: FakeScale, tmp_path: Pat
         assert archive.read("sub/b.bin") == b"\x00" * 1000
 
 
-async def test_a_folder_for_an_image_input_needs_an_explicit_data_type(client: Client, fake: FakeScale, tmp_path: Path) -> None:
-    with pytest.raises(InvalidInput, match="cannot send a folder to a workflow input of type 'image'"):
+async def test_a_folder_for_an_image_input_needs_an_explicit_data_type(
+    client: Client, fake: FakeScale, tmp_path: Path
+) -> None:
+    with pytest.raises(
+        InvalidInput, match="cannot send a folder to a workflow input of type 'image'"
+    ):
         await client.run(tmp_path)
-    with pytest.raises(InvalidInput, match="a folder can only be sent as data_type 'folder_path', not 'video'"):
+    with pytest.raises(
+        InvalidInput, match="a folder can only be sent as data_type 'folder_path', not 'video'"
+    ):
         await client.run(FileIO(tmp_path, data_type="video"))
     (tmp_path / "x").write_text("x")
     await client.run(FileIO(tmp_path, data_type="folder_path"))
@@ -243,7 +277,9 @@ async def test_a_folder_for_an_image_input_needs_an_explicit_data_type(client: C
     assert item["storage_object"]["data_type"] == "folder_path"
 
 
-async def test_data_type_override_for_a_file(client: Client, fake: FakeScale, tmp_path: Path) -> None:
+async def test_data_type_override_for_a_file(
+    client: Client, fake: FakeScale, tmp_path: Path
+) -> None:
     video = tmp_path / "clip.mp4"
     video.write_bytes(VIDEO)
     await client.run(FileIO(video, data_type="file_path"))
@@ -259,7 +295,9 @@ async def test_a_missing_file(client: Client, tmp_path: Path) -> None:
 # -- save_temporary and stored outputs ---------------------------------------------
 
 
-async def test_save_temporary_sends_an_image_through_storage(client: Client, fake: FakeScale, tmp_path: Path, url: str) -> None:
+async def test_save_temporary_sends_an_image_through_storage(
+    client: Client, fake: FakeScale, tmp_path: Path, url: str
+) -> None:
     image = tmp_path / "photo.png"
     image.write_bytes(TINY_PNG)
     await client.run(image, ImageIO(TINY_PNG), save_temporary=True)
@@ -270,7 +308,9 @@ async def test_save_temporary_sends_an_image_through_storage(client: Client, fak
     assert fake.storage.get(_stored_uid(first, url)).content_type == "image/png"
 
 
-async def test_a_stored_output_is_read_back(client: Client, fake: FakeScale, tmp_path: Path) -> None:
+async def test_a_stored_output_is_read_back(
+    client: Client, fake: FakeScale, tmp_path: Path
+) -> None:
     video = tmp_path / "clip.mp4"
     video.write_bytes(VIDEO)
     results = await client.run(video, store_outputs=True)
@@ -319,7 +359,9 @@ def test_sync_client_runs_a_video(url: str, fake: FakeScale, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("fake", ["IODataType.FOLDER_PATH"], indirect=True)
-async def test_an_fsspec_folder_is_zipped_and_a_missing_one_is_not_found(client: Client, fake: FakeScale, url: str) -> None:
+async def test_an_fsspec_folder_is_zipped_and_a_missing_one_is_not_found(
+    client: Client, fake: FakeScale, url: str
+) -> None:
     import fsspec
 
     memory = fsspec.filesystem("memory")

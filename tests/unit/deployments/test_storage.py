@@ -49,7 +49,9 @@ async def client(url: str) -> AsyncIterator[Client]:
         yield client
 
 
-async def test_put_bytes_text_and_file_then_get(client: Client, fake: FakeScale, tmp_path: Path) -> None:
+async def test_put_bytes_text_and_file_then_get(
+    client: Client, fake: FakeScale, tmp_path: Path
+) -> None:
     video = tmp_path / "clip.mp4"
     video.write_bytes(VIDEO)
     from_file = await client.storage.put(video, "videos/clip.mp4")
@@ -98,7 +100,10 @@ async def test_the_upload_is_multipart_with_one_file_part_and_no_filename(url: s
     assert request.headers["content-type"].startswith("multipart/form-data; boundary=")
     assert request.headers["authorization"].startswith("Bearer ")
     body = request.content
-    assert b'Content-Disposition: form-data; name="file"\r\nContent-Type: text/plain\r\n\r\nabc' in body
+    assert (
+        b'Content-Disposition: form-data; name="file"\r\nContent-Type: text/plain\r\n\r\nabc'
+        in body
+    )
     assert b"filename" not in body
 
 
@@ -132,7 +137,9 @@ async def test_list_pages_prefix_and_sha256(client: Client, fake: FakeScale) -> 
         await client.storage.put(name.encode(), name)
     listed = [o.path async for o in client.storage.list("a/")]
     assert listed == ["a/1", "a/2", "a/3", "a/4", "a/5"]
-    pages = [r.query.get("page") for r in fake.requests if r.kind == "storage" and r.method == "GET"]
+    pages = [
+        r.query.get("page") for r in fake.requests if r.kind == "storage" and r.method == "GET"
+    ]
     assert pages == ["1", "2", "3"]  # page size 2: pages fetched one after another
     everything = [o.path async for o in client.storage.list()]
     assert len(everything) == 6
@@ -140,7 +147,9 @@ async def test_list_pages_prefix_and_sha256(client: Client, fake: FakeScale) -> 
     assert [o.path async for o in client.storage.list(sha256=sha)] == ["b/1"]
 
 
-async def test_list_fetches_pages_only_as_far_as_it_is_read(client: Client, fake: FakeScale) -> None:
+async def test_list_fetches_pages_only_as_far_as_it_is_read(
+    client: Client, fake: FakeScale
+) -> None:
     for i in range(6):
         await client.storage.put(b"x", f"lazy/{i}")
     before = fake.count("storage")
@@ -174,7 +183,9 @@ async def test_delete_exact_and_prefix(client: Client) -> None:
     assert [o.path async for o in client.storage.list("d/")] == []
 
 
-async def test_presigned_url_works_without_auth_and_expires(client: Client, fake: FakeScale) -> None:
+async def test_presigned_url_works_without_auth_and_expires(
+    client: Client, fake: FakeScale
+) -> None:
     obj = await client.storage.put(VIDEO, "v.mp4")
     url = await client.storage.presigned_download_url(obj, expire_in=dt.timedelta(minutes=5))
     form = [r for r in fake.requests if "/presigned-urls/download/" in r.path][-1]
@@ -221,31 +232,47 @@ async def test_infos(client: Client) -> None:
     await client.storage.put(b"12345", "p")
     await client.storage.put(b"123")
     infos = await client.storage.infos()
-    assert infos == StorageInfos(count=2, used_bytes=8, total_bytes=infos.total_bytes, anonymous_count=1, anonymous_used_bytes=3)
+    assert infos == StorageInfos(
+        count=2,
+        used_bytes=8,
+        total_bytes=infos.total_bytes,
+        anonymous_count=1,
+        anonymous_used_bytes=3,
+    )
     assert infos.total_bytes > 0
 
 
 async def test_a_stored_output_resolves_by_url_or_metadata(client: Client, fake: FakeScale) -> None:
     stored = fake.storage.add(b"payload", content_type="text/plain")
     base = client.storage.url
-    by_url = StorageObjectIO({"url": f"{base}/v1/objects/?uid={stored.uid}", "data_type": "file_path"})
+    by_url = StorageObjectIO(
+        {"url": f"{base}/v1/objects/?uid={stored.uid}", "data_type": "file_path"}
+    )
     assert await client.storage.read_bytes(by_url) == b"payload"
     resolved = await client.storage.resolve(by_url)
     assert resolved.uid == stored.uid
     with pytest.raises(ValueError, match="names no uid"):
-        await client.storage.read_bytes(StorageObjectIO({"url": f"{base}/elsewhere", "data_type": "image"}))
+        await client.storage.read_bytes(
+            StorageObjectIO({"url": f"{base}/elsewhere", "data_type": "image"})
+        )
 
 
 async def test_a_jwt_without_storage_rights_is_refused_by_the_fake(url: str) -> None:
     async with httpx.AsyncClient(base_url=url) as http:
-        answer = await http.get("/v1/projects/jwt/", params={"endpoint": url}, headers={"Authorization": f"Token {TOKEN}"})
+        answer = await http.get(
+            "/v1/projects/jwt/",
+            params={"endpoint": url},
+            headers={"Authorization": f"Token {TOKEN}"},
+        )
         jwt = answer.json()["id_token"]
         refused = await http.get("/v1/infos", headers={"Authorization": f"Bearer {jwt}"})
     assert refused.status_code == 403
     assert refused.json() == {"detail": "this token has no storage rights"}
 
 
-async def test_the_client_asks_for_storage_rights_and_renews_an_expired_jwt(client: Client, fake: FakeScale) -> None:
+async def test_the_client_asks_for_storage_rights_and_renews_an_expired_jwt(
+    client: Client, fake: FakeScale
+) -> None:
     await client.storage.infos()
     assert fake.requests[0].query["storage"] == "true"
     fake.expire_jwts()
@@ -281,7 +308,9 @@ def test_sync_storage_from_a_plain_thread(url: str, tmp_path: Path) -> None:
             outcome["bytes"] = client.storage.read_bytes(obj) == VIDEO
             copied = client.storage.copy(obj, "sync/copy")
             outcome["copy"] = copied.sha256 == obj.sha256
-            outcome["presigned"] = httpx.get(client.storage.presigned_download_url(obj)).content == VIDEO
+            outcome["presigned"] = (
+                httpx.get(client.storage.presigned_download_url(obj)).content == VIDEO
+            )
             outcome["infos"] = client.storage.infos().count
             outcome["resolve"] = client.storage.resolve(obj.uid) == obj
             client.storage.delete("sync/")
@@ -314,7 +343,9 @@ def test_storage_object_from_json_needs_a_uid() -> None:
     assert (obj.size, obj.created_at) == (None, None)
 
 
-async def test_an_upload_refused_for_an_expired_jwt_is_sent_again_whole(client: Client, fake: FakeScale, tmp_path: Path) -> None:
+async def test_an_upload_refused_for_an_expired_jwt_is_sent_again_whole(
+    client: Client, fake: FakeScale, tmp_path: Path
+) -> None:
     video = tmp_path / "clip.mp4"
     video.write_bytes(VIDEO)
     await client.storage.infos()
@@ -323,10 +354,14 @@ async def test_an_upload_refused_for_an_expired_jwt_is_sent_again_whole(client: 
     assert fake.count("jwt") == 2
     assert fake.storage.read(obj.uid) == VIDEO
     uploads = [r for r in fake.requests if r.method == "POST"]
-    assert [r.headers["content-length"] for r in uploads] == [uploads[0].headers["content-length"]] * 2
+    assert [r.headers["content-length"] for r in uploads] == [
+        uploads[0].headers["content-length"]
+    ] * 2
 
 
-async def test_upload_stream_stores_the_bytes_written_while_it_runs(client: Client, fake: FakeScale) -> None:
+async def test_upload_stream_stores_the_bytes_written_while_it_runs(
+    client: Client, fake: FakeScale
+) -> None:
     async with client.storage.upload_stream("video/mp4") as upload:
         for offset in range(0, len(VIDEO), 10_000):
             await upload.write(VIDEO[offset : offset + 10_000])
@@ -335,7 +370,9 @@ async def test_upload_stream_stores_the_bytes_written_while_it_runs(client: Clie
     assert fake.storage.read(obj.uid) == VIDEO
 
 
-async def test_upload_stream_left_without_finish_stores_nothing(client: Client, fake: FakeScale) -> None:
+async def test_upload_stream_left_without_finish_stores_nothing(
+    client: Client, fake: FakeScale
+) -> None:
     async def broken_source() -> None:
         async with client.storage.upload_stream("video/mp4") as upload:
             await upload.write(VIDEO)
@@ -347,7 +384,9 @@ async def test_upload_stream_left_without_finish_stores_nothing(client: Client, 
     assert fake.storage.objects() == []
 
 
-async def test_upload_stream_is_sent_once_a_refused_jwt_raises(client: Client, fake: FakeScale) -> None:
+async def test_upload_stream_is_sent_once_a_refused_jwt_raises(
+    client: Client, fake: FakeScale
+) -> None:
     async def upload_once() -> None:
         async with client.storage.upload_stream("video/mp4") as upload:
             await upload.write(VIDEO)

@@ -124,7 +124,11 @@ def test_model_defaults_are_sent(
 def test_bad_query_parameters_get_400_naming_them(
     client: TestClient, params: dict[str, str], message: str
 ) -> None:
-    assert error_of(client.get("/api/run", params=params), exact=True) == (400, "invalid_parameter", message)
+    assert error_of(client.get("/api/run", params=params), exact=True) == (
+        400,
+        "invalid_parameter",
+        message,
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,7 +147,11 @@ def test_bad_query_parameters_get_400_naming_them(
 def test_bad_json_values_get_400_naming_them(
     client: TestClient, body: dict[str, Any], message: str
 ) -> None:
-    assert error_of(client.post("/api/run", json=body), exact=True) == (400, "invalid_parameter", message)
+    assert error_of(client.post("/api/run", json=body), exact=True) == (
+        400,
+        "invalid_parameter",
+        message,
+    )
 
 
 @pytest.mark.parametrize(
@@ -221,5 +229,9 @@ def test_litestar_publishes_the_model_in_its_openapi_schema(deployment: Scripted
     with LitestarClient(app) as client:
         _check_run_schema(client.get("/schema/openapi.json").json()["paths"])
         refused = client.get("/api/run", params={"prompt": "x", "steps": "0"})
-        assert error_of(refused, exact=True) == (400, "invalid_parameter", "parameter 'steps' must be at least 1")
+        assert error_of(refused, exact=True) == (
+            400,
+            "invalid_parameter",
+            "parameter 'steps' must be at least 1",
+        )
         assert client.get("/api/run", params={"prompt": "x"}).status_code == 200

@@ -184,7 +184,11 @@ def test_a_redirect_to_another_origin_is_refused(origin: str) -> None:
 def test_a_fetched_type_outside_accept_is_refused(origin: str) -> None:
     with _client(Seen(), allow_input_urls=[origin], allow_private_input_urls=True) as client:
         response = client.post("/api/run", json={"image": f"{origin}/clip.mp4"})
-    assert error_of(response) == (415, "unsupported_media_type", "the upload is not a supported image")
+    assert error_of(response) == (
+        415,
+        "unsupported_media_type",
+        "the upload is not a supported image",
+    )
 
 
 def test_a_fetch_over_the_upload_limit_is_413(origin: str) -> None:

@@ -108,7 +108,11 @@ def test_head_gives_the_headers_only(client: TestClient) -> None:
 def test_unknown_tokens_indexes_and_methods_are_refused(client: TestClient) -> None:
     url = "/api/" + _results(client).get_output(0).url
     token = url.split("/")[3]
-    assert error_of(client.get(f"/api/outputs/{'x' * 43}/0")) == (404, "not_found", "no such output")
+    assert error_of(client.get(f"/api/outputs/{'x' * 43}/0")) == (
+        404,
+        "not_found",
+        "no such output",
+    )
     assert error_of(client.get(f"/api/outputs/{token}/1"))[0] == 404  # inline: not served
     assert error_of(client.get(f"/api/outputs/{token}/9"))[0] == 404
     assert error_of(client.get(f"/api/outputs/{token}/-1"))[0] == 404
@@ -268,13 +272,20 @@ def test_django_urls_serve_outputs_under_their_prefix(handler: str) -> None:
 def test_ref_wire_form_is_checked_and_an_unbound_ref_says_how_to_read_it() -> None:
     from ikproxy.io import io_from_json
 
-    ref = io_from_json({"ref": {"url": "outputs/t/0", "kind": "image", "content_type": "image/png", "size": 3}})
+    ref = io_from_json(
+        {"ref": {"url": "outputs/t/0", "kind": "image", "content_type": "image/png", "size": 3}}
+    )
     assert isinstance(ref, RefIO)
     assert ref.to_json() == {
         "ref": {"url": "outputs/t/0", "kind": "image", "content_type": "image/png", "size": 3}
     }
     with pytest.raises(RuntimeError, match="fetch its url"):
         ref.read()
-    for bad in ({"kind": "image"}, {"url": 3}, {"url": "x", "size": -1}, {"url": "x", "size": True}):
+    for bad in (
+        {"kind": "image"},
+        {"url": 3},
+        {"url": "x", "size": -1},
+        {"url": "x", "size": True},
+    ):
         with pytest.raises(ValueError, match="ref"):
             io_from_json({"ref": bad})

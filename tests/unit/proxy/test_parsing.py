@@ -120,7 +120,9 @@ def test_multipart_without_closing_boundary_is_refused_not_half_used(
 ) -> None:
     boundary = "xyz"
     parts = [("prompt", b"a cat", False), ("image", png(), True)]
-    response = _post_multipart(client, multipart(parts, close=False, boundary=boundary, filename="x.png"), boundary)
+    response = _post_multipart(
+        client, multipart(parts, close=False, boundary=boundary, filename="x.png"), boundary
+    )
     assert _refused(response, 400, "bad_request") == "multipart body is incomplete"
     assert deployment.calls == []
 
@@ -129,7 +131,9 @@ def test_multipart_cut_inside_a_part_is_refused(
     client: TestClient, deployment: ScriptedDeployment
 ) -> None:
     boundary = "xyz"
-    body = multipart([("prompt", b"a cat", False), ("image", png(), True)], boundary=boundary, filename="x.png")
+    body = multipart(
+        [("prompt", b"a cat", False), ("image", png(), True)], boundary=boundary, filename="x.png"
+    )
     response = _post_multipart(client, body[: len(body) - 40], boundary)
     assert _refused(response, 400, "bad_request") == "multipart body is incomplete"
     assert deployment.calls == []
@@ -139,7 +143,9 @@ def test_well_formed_multipart_still_runs_with_its_image(
     client: TestClient, deployment: ScriptedDeployment
 ) -> None:
     boundary = "xyz"
-    body = multipart([("prompt", b"a cat", False), ("image", png(), True)], boundary=boundary, filename="x.png")
+    body = multipart(
+        [("prompt", b"a cat", False), ("image", png(), True)], boundary=boundary, filename="x.png"
+    )
     response = _post_multipart(client, body, boundary)
     assert response.status_code == 200
     assert deployment.calls[0]["parameters"] == {"prompt": "a cat"}
@@ -155,7 +161,9 @@ def test_hostile_upload_is_refused_before_the_run(
 ) -> None:
     data, status = HOSTILE_IMAGES[name]
     boundary = "xyz"
-    body = multipart([("prompt", b"a cat", False), ("image", data, True)], boundary=boundary, filename="x.png")
+    body = multipart(
+        [("prompt", b"a cat", False), ("image", data, True)], boundary=boundary, filename="x.png"
+    )
     response = _post_multipart(client, body, boundary)
     code = "payload_too_large" if status == 413 else "unsupported_media_type"
     _refused(response, status, code)
@@ -352,5 +360,7 @@ def test_max_form_fields_is_a_checked_policy_option() -> None:
     from ikproxy.policy import Policy
 
     assert Policy().max_form_fields == 1000
-    with pytest.raises(ValueError, match="Policy option `max_form_fields`: must be at least 1, not 0"):
+    with pytest.raises(
+        ValueError, match="Policy option `max_form_fields`: must be at least 1, not 0"
+    ):
         Policy(max_form_fields=0)

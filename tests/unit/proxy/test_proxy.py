@@ -186,7 +186,11 @@ def test_bad_query_parameters_get_400_naming_them(
 
 def test_a_repeated_parameter_is_refused(client: TestClient) -> None:
     response = client.get("/api/run?prompt=a&prompt=b")
-    assert error_of(response) == (400, "invalid_parameter", "parameter 'prompt' given more than once")
+    assert error_of(response) == (
+        400,
+        "invalid_parameter",
+        "parameter 'prompt' given more than once",
+    )
 
 
 @pytest.mark.parametrize(

@@ -76,7 +76,9 @@ def _body(before: dict[str, str], after: dict[str, str]) -> tuple[bytes, bytes]:
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="video"; filename="clip.mp4"'
         "\r\nContent-Type: video/mp4\r\n\r\n"
     ).encode()
-    tail = b"\r\n" + b"".join(_part(k, v) for k, v in after.items()) + f"--{BOUNDARY}--\r\n".encode()
+    tail = (
+        b"\r\n" + b"".join(_part(k, v) for k, v in after.items()) + f"--{BOUNDARY}--\r\n".encode()
+    )
     return head + VIDEO[:FIRST], VIDEO[FIRST:] + tail
 
 

@@ -42,8 +42,21 @@ def test_parse_decimal_takes_ascii_digits_of_bounded_length(text: str, value: in
 
 
 def test_parse_integer_and_parse_float() -> None:
-    assert [parse_integer(t) for t in ("-5", "+5", "5", "--5", "-", "٣")] == [-5, 5, 5, None, None, None]
-    assert [parse_float(t) for t in ("1", "-0.5", ".5", "2.5e-3", "1e999")] == [1.0, -0.5, 0.5, 0.0025, None]
+    assert [parse_integer(t) for t in ("-5", "+5", "5", "--5", "-", "٣")] == [
+        -5,
+        5,
+        5,
+        None,
+        None,
+        None,
+    ]
+    assert [parse_float(t) for t in ("1", "-0.5", ".5", "2.5e-3", "1e999")] == [
+        1.0,
+        -0.5,
+        0.5,
+        0.0025,
+        None,
+    ]
     assert [parse_float(t) for t in ("nan", "inf", "1_0", "٣", "1" * 65, "")] == [None] * 6
 
 
@@ -75,11 +88,17 @@ def _deployment() -> LocalDeployment:
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     app = create_app(
-        _deployment(), rate_limit=None, inline_output_limit=0, parameters={"n": int}, resume_window=60
+        _deployment(),
+        rate_limit=None,
+        inline_output_limit=0,
+        parameters={"n": int},
+        resume_window=60,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with TestClient(Starlette(routes=[Mount("/api", app=app)]), raise_server_exceptions=False) as c:
+        with TestClient(
+            Starlette(routes=[Mount("/api", app=app)]), raise_server_exceptions=False
+        ) as c:
             yield c
 
 
@@ -99,11 +118,18 @@ def run_token(client: TestClient) -> str:
 
 def test_the_reported_500s_are_4xx(client: TestClient, output_url: str, run_token: str) -> None:
     token = output_url.split("/")[3]
-    assert error_of(client.get(f"/api/outputs/{token}/%C2%B2")) == (404, "not_found", "no such output")
+    assert error_of(client.get(f"/api/outputs/{token}/%C2%B2")) == (
+        404,
+        "not_found",
+        "no such output",
+    )
     assert client.get(output_url, headers={"Range": f"bytes={NINES}-"}).status_code == 200
     assert client.get(output_url, headers={"Range": f"bytes=-{NINES}"}).status_code == 200
     refused = (400, "invalid_parameter", "Last-Event-ID is not a resume position")
-    assert error_of(client.get("/api/run", headers={"Last-Event-ID": f"{run_token}:{NINES}"})) == refused
+    assert (
+        error_of(client.get("/api/run", headers={"Last-Event-ID": f"{run_token}:{NINES}"}))
+        == refused
+    )
     assert error_of(client.get(f"/api/run?last_event_id={run_token}:%C2%B2")) == refused
     assert error_of(client.get("/api/run?n=%C2%B2"))[:2] == (400, "invalid_parameter")
     assert error_of(client.get(f"/api/run?n={NINES}"))[:2] == (400, "invalid_parameter")
@@ -129,9 +155,7 @@ _NUMBERS = st.one_of(
     st.text(alphabet="0123456789²³٣₀-+ _,.=", max_size=30),
     st.text(max_size=20),
 )
-_HEADER_SAFE = st.text(
-    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40
-)
+_HEADER_SAFE = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

@@ -161,24 +161,31 @@ def _by_user(request: Any) -> str:
 def test_a_run_of_a_named_caller_resumes_for_that_caller_only() -> None:
     deployment = ScriptedDeployment(_script())
     with _client(deployment, rate_limit_key=_by_user) as client:
-        first = client.get("/api/run", params={"prompt": "x", "format": "ndjson"}, headers={"X-User": "alice"})
+        first = client.get(
+            "/api/run", params={"prompt": "x", "format": "ndjson"}, headers={"X-User": "alice"}
+        )
         position = json.loads(first.content.splitlines()[0])["id"]
-        unknown = client.get("/api/run", headers={"Last-Event-ID": "nosuchrunnosuchrunnosuch:1", "X-User": "bob"})
+        unknown = client.get(
+            "/api/run", headers={"Last-Event-ID": "nosuchrunnosuchrunnosuch:1", "X-User": "bob"}
+        )
         by_bob = client.get("/api/run", headers={"Last-Event-ID": position, "X-User": "bob"})
         by_alice = client.get("/api/run", headers={"Last-Event-ID": position, "X-User": "alice"})
     assert by_alice.status_code == 200
     assert "event: result" in by_alice.text
     # Refused exactly as an unknown id is: no oracle.
-    assert (by_bob.status_code, by_bob.json()["error"]) == (unknown.status_code, {
-        **unknown.json()["error"], "request_id": by_bob.json()["error"]["request_id"]
-    })
+    assert (by_bob.status_code, by_bob.json()["error"]) == (
+        unknown.status_code,
+        {**unknown.json()["error"], "request_id": by_bob.json()["error"]["request_id"]},
+    )
     assert by_bob.json()["error"]["code"] == "resume_expired"
 
 
 def test_without_a_caller_key_a_run_resumes_for_whoever_holds_its_id() -> None:
     deployment = ScriptedDeployment(_script())
     with _client(deployment) as client:
-        first = client.get("/api/run", params={"prompt": "x", "format": "ndjson"}, headers={"X-User": "alice"})
+        first = client.get(
+            "/api/run", params={"prompt": "x", "format": "ndjson"}, headers={"X-User": "alice"}
+        )
         position = json.loads(first.content.splitlines()[0])["id"]
         again = client.get("/api/run", headers={"Last-Event-ID": position, "X-User": "bob"})
     assert again.status_code == 200

@@ -116,7 +116,11 @@ def test_an_undeclared_oversized_body_gets_413_while_it_arrives(make: Any) -> No
         response = client.post(
             "/api/run", content=body(), headers={"Content-Type": "application/json"}
         )
-    assert error_of(response, request_id=True) == (413, "payload_too_large", "request body exceeds 1000 bytes")
+    assert error_of(response, request_id=True) == (
+        413,
+        "payload_too_large",
+        "request body exceeds 1000 bytes",
+    )
     assert deployment.calls == []
 
 
@@ -149,7 +153,11 @@ def test_every_path_under_the_prefix_is_the_proxys(make: Any) -> None:
     assert head.status_code == 200
     assert head.content == b""
     assert error_of(missing, request_id=True) == (404, "not_found", "no such endpoint: /nothing")
-    assert error_of(wrong, request_id=True) == (405, "method_not_allowed", "method PUT not allowed on /run")
+    assert error_of(wrong, request_id=True) == (
+        405,
+        "method_not_allowed",
+        "method PUT not allowed on /run",
+    )
     assert wrong.headers["allow"] == "GET, POST"
 
 
