@@ -1,6 +1,7 @@
 """The server side, framework-neutral: from a request description to a response.
 
-`core` holds `Proxy`, which applies the policy and answers every endpoint;
+`core` holds `Proxy`, which applies the policy and answers every endpoint, with
+`access` running its access hooks and rate limit;
 `request` describes a request and reads its body; `parsing` turns a run
 request into inputs and parameters, with `multipart` reading forms as they
 arrive; `stream` encodes a run as SSE or NDJSON; `uploads`, `images` and

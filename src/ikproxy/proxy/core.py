@@ -34,13 +34,13 @@ from ikproxy.deployments.scale.storage import Storage
 from ikproxy.errors import HTTPError, RunNotFound, public_error
 from ikproxy.model import Progress
 from ikproxy.policy.config import Policy
-from ikproxy.policy.limits import RateLimiter, SharedTokenBucket, TokenBucket
 from ikproxy.protocol import (
     PROTOCOL_VERSION,
     error_body,
     new_request_id,
     parse_position,
 )
+from ikproxy.proxy.access import Access
 from ikproxy.proxy.outputs import Opener, OutputStore, by_reference, serve, storage_opener
 from ikproxy.proxy.parsing import negotiate_format, read_run_request, read_run_request_sync
 from ikproxy.proxy.request import ProxyRequest, RunSpec
@@ -146,7 +146,6 @@ class Proxy:
         self.policy = policy or Policy(**options)
         #: Where runs, rate limits and active-run slots live (`ikproxy.stores`).
         self.store: Store = self.policy.store if self.policy.store is not None else MemoryStore()
-        self._limiter = _limiter_for(self.policy.rate_limit, self.store)
         window = self.policy.resume_window
         #: The resumable runs, when `resume_window` is set.
         self.runs: RunRegistry | None = (
@@ -164,6 +163,9 @@ class Proxy:
         )
         #: The outputs served by reference (`/outputs/<token>/<index>`).
         self.outputs = OutputStore(self.policy.output_window)
+        keyed = self.active_runs is not None or self.sealer is not None
+        #: The access hooks and the rate limit (`ikproxy.proxy.access`).
+        self.access = Access(self.policy, self.store, keyed=keyed)
 
     def _attacher(self) -> Attach | None:
         """How to follow a run of the deployment by its upstream id, when it can."""
@@ -183,15 +185,15 @@ class Proxy:
             route = self._route(request)
             if route is not None:
                 return route
-            await _resolve(self._admit(request))
+            await _resolve(self.access.admit(request))
             position = self._resume_position(request)
             if position is not None:
-                return await self._resume(*position, request_id, self._caller_key(request))
+                return await self._resume(*position, request_id, self.access.caller_key(request))
             uploads = UploadDir(self.deployment)
             try:
                 spec = await read_run_request(request, body, self.policy, request_id, uploads)
                 await resolve_inputs(spec.inputs, self.policy, uploads)
-                key = self._caller_key(request)
+                key = self.access.caller_key(request)
                 if inspect.isawaitable(key):
                     key = await key
                 return await self._start(spec, key, _base(request), uploads)
@@ -216,19 +218,19 @@ class Proxy:
             route = self._route(request)
             if route is not None:
                 return _sync(route)
-            pending = self._admit(request)
+            pending = self.access.admit(request)
             if inspect.isawaitable(pending):
                 blocking_portal().call(_resolve, pending)
             position = self._resume_position(request)
             if position is not None:
-                key = self._caller_key(request)
+                key = self.access.caller_key(request)
                 response = blocking_portal().call(self._resume, *position, request_id, key)
             else:
                 uploads = UploadDir(self.deployment)
                 try:
                     spec = read_run_request_sync(request, body, self.policy, request_id, uploads)
                     blocking_portal().call(resolve_inputs, spec.inputs, self.policy, uploads)
-                    key = self._caller_key(request)
+                    key = self.access.caller_key(request)
                     response = blocking_portal().call(
                         self._start_with_key, spec, key, _base(request), uploads
                     )
@@ -275,61 +277,6 @@ class Proxy:
         return ProxyResponse(
             200, {"Content-Type": media_type, "Cache-Control": "no-cache"}, _asset(name)
         )
-
-    # -- access -------------------------------------------------------------------
-
-    def _admit(self, request: ProxyRequest) -> Awaitable[None] | None:
-        """Run the authorize hook, then the rate limit; sync hooks run right here."""
-        policy = self.policy
-        verdict: Any = policy.authorize(request.native) if policy.authorize else None
-        if inspect.isawaitable(verdict):
-            return self._admit_after(request, verdict)
-        self._check_verdict(verdict)
-        return self._rate_limit(request)
-
-    async def _admit_after(self, request: ProxyRequest, verdict: Awaitable[Any]) -> None:
-        self._check_verdict(await verdict)
-        await _resolve(self._rate_limit(request))
-
-    @staticmethod
-    def _check_verdict(verdict: Any) -> None:
-        if verdict is False:
-            raise HTTPError(403, "forbidden", "Not allowed.")
-
-    def _rate_limit(self, request: ProxyRequest) -> Awaitable[None] | None:
-        """Take a token for the caller's key; sync hooks and limiters run right here."""
-        limiter = self._limiter
-        if limiter is None:
-            return None
-        key_fn = self.policy.rate_limit_key
-        key: Any = key_fn(request.native) if key_fn else (request.client or "anonymous")
-        if inspect.isawaitable(key):
-            return self._rate_limit_after(limiter, key)
-        wait = limiter.acquire(str(key))
-        if inspect.isawaitable(wait):
-            return self._rate_limit_after(limiter, wait=wait)
-        _check_wait(wait)
-        return None
-
-    @staticmethod
-    async def _rate_limit_after(
-        limiter: RateLimiter, key: Awaitable[Any] | None = None, wait: Any = None
-    ) -> None:
-        if key is not None:
-            wait = limiter.acquire(str(await key))
-        if inspect.isawaitable(wait):
-            wait = await wait
-        _check_wait(wait)
-
-    def _caller_key(self, request: ProxyRequest) -> Any:
-        """The caller's key (maybe awaitable) for the active-run cap and sealed references.
-
-        The rate limit's key; None when there is neither a cap nor a sealer.
-        """
-        if self.active_runs is None and self.sealer is None:
-            return None
-        key_fn = self.policy.rate_limit_key
-        return key_fn(request.native) if key_fn else (request.client or "anonymous")
 
     # -- running ------------------------------------------------------------------
 
@@ -559,28 +506,10 @@ async def _first(stream: AsyncIterator[Progress], request_id: str) -> Progress |
         raise HTTPError(status, code, message) from None
 
 
-def _limiter_for(limiter: RateLimiter | None, store: Store) -> RateLimiter | None:
-    """The policy's limiter; a `TokenBucket`'s limits held in the store when it is shared."""
-    if store.shared and isinstance(limiter, TokenBucket):
-        return SharedTokenBucket(store, limiter.rate, limiter.burst)
-    return limiter
-
-
 def _store_unavailable(exc: StoreUnavailable) -> HTTPError:
     logger.error("store unavailable: %s", exc)
     status, code, message = public_error(exc)
     return HTTPError(status, code, message, headers={"Retry-After": "1"})
-
-
-def _check_wait(wait: float | None) -> None:
-    if wait is not None:
-        seconds = max(1, int(wait + 0.999))
-        raise HTTPError(
-            429,
-            "rate_limited",
-            f"too many requests: retry in {seconds} s",
-            headers={"Retry-After": str(seconds)},
-        )
 
 
 async def _prepend(
