@@ -20,6 +20,7 @@ from ikproxy.policy.params import (
     model_parameters,
 )
 from ikproxy.stores import Store
+from ikproxy.telemetry import RunEndHook, Telemetry
 
 __all__ = ["Authorize", "Policy"]
 
@@ -73,6 +74,11 @@ class Policy:
       as stored outputs always do; None inlines every image. `output_window`: how
       long after the run such URLs work, in seconds. `presigned_outputs`: hand out
       the storage's own presigned URL for a stored output instead of streaming it.
+    * `on_run_end(request, summary)`: called once per started run after its end (a
+      `RunSummary`: outcome, caller, duration, events and bytes sent...), for billing
+      and audit; sync or async, run in the background, its errors logged.
+    * `telemetry`: the OpenTelemetry providers ikproxy reports to (a `Telemetry`);
+      None: the global ones, as the application configures them.
     """
 
     parameters: Mapping[str, Param | type] | type[Any] | ModelParameters = field(
@@ -101,6 +107,8 @@ class Policy:
     inline_output_limit: int | None = 1_000_000
     output_window: float = 300.0
     presigned_outputs: bool = False
+    on_run_end: RunEndHook | None = None
+    telemetry: Telemetry | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if is_model(self.parameters):

@@ -51,6 +51,8 @@ from ikproxy.runs.ownership import Attach
 from ikproxy.runs.registry import Followable, RunRegistry
 from ikproxy.runs.sealed import SEALED_PREFIX, ExpiredReference, InvalidReference, Sealer
 from ikproxy.stores import MemoryStore, Store, StoreUnavailable
+from ikproxy.telemetry import RunObserver, default_telemetry
+from ikproxy.telemetry.logs import bind_request, install_log_context
 
 __all__ = [
     "METHODS",
@@ -146,10 +148,15 @@ class Proxy:
         self.policy = policy or Policy(**options)
         #: Where runs, rate limits and active-run slots live (`ikproxy.stores`).
         self.store: Store = self.policy.store if self.policy.store is not None else MemoryStore()
-        window = self.policy.resume_window
+        #: Where the runs' traces and metrics go (`ikproxy.telemetry`).
+        self.telemetry = self.policy.telemetry or default_telemetry()
+        install_log_context()
+        window, attach, telemetry = self.policy.resume_window, self._attacher(), self.telemetry
         #: The resumable runs, when `resume_window` is set.
         self.runs: RunRegistry | None = (
-            RunRegistry(window, store=self.store, attach=self._attacher()) if window else None
+            RunRegistry(window, store=self.store, attach=attach, telemetry=telemetry)
+            if window
+            else None
         )
         cap = self.policy.max_active_runs
         #: The active-run cap, when `max_active_runs` is set.
@@ -164,6 +171,7 @@ class Proxy:
         #: The outputs served by reference (`/outputs/<token>/<index>`).
         self.outputs = OutputStore(self.policy.output_window)
         keyed = self.active_runs is not None or self.sealer is not None
+        keyed = keyed or self.policy.on_run_end is not None
         #: The access hooks and the rate limit (`ikproxy.proxy.access`).
         self.access = Access(self.policy, self.store, keyed=keyed)
 
@@ -180,15 +188,18 @@ class Proxy:
         self, request: ProxyRequest, body: AsyncIterable[bytes] | None = None
     ) -> ProxyResponse:
         """Answer one request; hooks may be sync or async. Never raises for bad input."""
-        request_id = new_request_id(request.header("x-request-id"))
+        request_id = bind_request(new_request_id(request.header("x-request-id")))
+        obs: RunObserver | None = None
         try:
             route = self._route(request)
             if route is not None:
                 return route
+            obs = self._observe(request, request_id)
             await _resolve(self.access.admit(request))
             position = self._resume_position(request)
             if position is not None:
-                return await self._resume(*position, request_id, self.access.caller_key(request))
+                key = self.access.caller_key(request)
+                return await self._resume(*position, request_id, key, obs)
             uploads = UploadDir(self.deployment)
             try:
                 spec = await read_run_request(request, body, self.policy, request_id, uploads)
@@ -196,14 +207,14 @@ class Proxy:
                 key = self.access.caller_key(request)
                 if inspect.isawaitable(key):
                     key = await key
-                return await self._start(spec, key, _base(request), uploads)
+                return await self._start(spec, key, _base(request), uploads, obs)
             except BaseException:
                 uploads.close()
                 raise
         except HTTPError as exc:
-            return error_response(exc, request_id)
+            return self._refuse(exc, request_id, obs)
         except StoreUnavailable as exc:
-            return error_response(_store_unavailable(exc), request_id)
+            return self._refuse(_store_unavailable(exc), request_id, obs)
 
     def handle_sync(
         self, request: ProxyRequest, body: Iterable[bytes] | None = None
@@ -213,18 +224,20 @@ class Proxy:
         The hooks therefore see the framework's request context (Flask's
         `request`, Django's `request.user`).
         """
-        request_id = new_request_id(request.header("x-request-id"))
+        request_id = bind_request(new_request_id(request.header("x-request-id")))
+        obs: RunObserver | None = None
         try:
             route = self._route(request)
             if route is not None:
                 return _sync(route)
+            obs = self._observe(request, request_id)
             pending = self.access.admit(request)
             if inspect.isawaitable(pending):
                 blocking_portal().call(_resolve, pending)
             position = self._resume_position(request)
             if position is not None:
                 key = self.access.caller_key(request)
-                response = blocking_portal().call(self._resume, *position, request_id, key)
+                response = blocking_portal().call(self._resume, *position, request_id, key, obs)
             else:
                 uploads = UploadDir(self.deployment)
                 try:
@@ -232,20 +245,41 @@ class Proxy:
                     blocking_portal().call(resolve_inputs, spec.inputs, self.policy, uploads)
                     key = self.access.caller_key(request)
                     response = blocking_portal().call(
-                        self._start_with_key, spec, key, _base(request), uploads
+                        self._start_with_key, spec, key, _base(request), uploads, obs
                     )
                 except BaseException:
                     uploads.close()
                     raise
         except HTTPError as exc:
-            response = error_response(exc, request_id)
+            response = self._refuse(exc, request_id, obs)
         except StoreUnavailable as exc:
-            response = error_response(_store_unavailable(exc), request_id)
+            response = self._refuse(_store_unavailable(exc), request_id, obs)
         if isinstance(response.body, bytes):
             return SyncProxyResponse(response.status, response.headers, response.body)
         return SyncProxyResponse(
             response.status, response.headers, iterate_in_portal(response.body)
         )
+
+    def _observe(self, request: ProxyRequest, request_id: str) -> RunObserver:
+        """The telemetry and accounting of the run `request` asks for."""
+        kind = type(self.deployment).__name__
+        hook, task = self.policy.on_run_end, self.policy.task
+        return RunObserver(
+            self.telemetry,
+            request_id,
+            task=task,
+            deployment=kind,
+            native=request.native,
+            on_end=hook,
+        )
+
+    def _refuse(self, error: HTTPError, request_id: str, obs: RunObserver | None) -> ProxyResponse:
+        """The answer to a request refused before its stream, counted by its code."""
+        if obs is not None:
+            obs.refused(error.code)
+        else:
+            self.telemetry.refused.add(1, {"code": error.code})
+        return error_response(error, request_id)
 
     # -- routing --------------------------------------------------------------
 
@@ -281,14 +315,19 @@ class Proxy:
     # -- running ------------------------------------------------------------------
 
     async def _start_with_key(
-        self, spec: RunSpec, key: Any, base: str, uploads: UploadDir
+        self, spec: RunSpec, key: Any, base: str, uploads: UploadDir, obs: RunObserver
     ) -> ProxyResponse:
         if inspect.isawaitable(key):
             key = await key
-        return await self._start(spec, key, base, uploads)
+        return await self._start(spec, key, base, uploads, obs)
 
     async def _start(
-        self, spec: RunSpec, key: Any = None, base: str = "", uploads: UploadDir | None = None
+        self,
+        spec: RunSpec,
+        key: Any = None,
+        base: str = "",
+        uploads: UploadDir | None = None,
+        obs: RunObserver | None = None,
     ) -> ProxyResponse:
         """Submit the run and wait for its first progress, so a refusal is a real HTTP error.
 
@@ -296,7 +335,15 @@ class Proxy:
         refusal of either leaves no run behind. The run owns `uploads` (its
         files): they are removed when its stream ends.
         """
+        with obs.current() if obs is not None else contextlib.nullcontext():
+            return await self._submit(spec, key, base, uploads, obs)
+
+    async def _submit(
+        self, spec: RunSpec, key: Any, base: str, uploads: UploadDir | None, obs: Any
+    ) -> ProxyResponse:
         policy = self.policy
+        if obs is not None and key is not None:
+            obs.caller_key = str(key)
         slot = await self.active_runs.acquire(str(key)) if self.active_runs is not None else None
         try:
             log = (
@@ -322,7 +369,7 @@ class Proxy:
                     await log.delete()
             raise
         headers = stream_headers(spec.format, spec.request_id)
-        options = StreamOptions.from_policy(policy, spec.format, spec.request_id)
+        options = StreamOptions.from_policy(policy, spec.format, spec.request_id, obs)
         if self.sealer is not None and key is not None and first is not None and first.uuid:
             # The upstream keeps the run: its event ids carry a sealed reference to it.
             body = self._sealed(_prepend(first, stream), first.uuid, str(key), options, 0)
@@ -392,19 +439,30 @@ class Proxy:
         return position[0], position[1], format
 
     async def _resume(
-        self, token: str, seen: int, format: StreamFormat, request_id: str, key: Any = None
+        self,
+        token: str,
+        seen: int,
+        format: StreamFormat,
+        request_id: str,
+        key: Any = None,
+        obs: RunObserver | None = None,
     ) -> ProxyResponse:
         """The stream of a run resumed after its first `seen` events, on any instance."""
         assert self.runs is not None
-        options = StreamOptions.from_policy(self.policy, format, request_id)
+        if inspect.isawaitable(key):
+            key = await key
+        if obs is not None:
+            obs.resumed, obs.caller_key = True, None if key is None else str(key)
+        options = StreamOptions.from_policy(self.policy, format, request_id, obs)
         if self.sealer is not None and token.startswith(SEALED_PREFIX):
-            if inspect.isawaitable(key):
-                key = await key
             reference = token[len(SEALED_PREFIX) :]
-            return await self._resume_sealed(reference, seen, str(key), options)
+            with obs.current() if obs is not None else contextlib.nullcontext():
+                return await self._resume_sealed(reference, seen, str(key), options)
         run = await self.runs.find(token)
         if run is None:
             raise _gone()
+        if obs is not None:
+            obs.source = run
         body = self._follow(run, options, run.resume_point(seen))
         return ProxyResponse(200, stream_headers(format, request_id), body)
 

@@ -20,6 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ikproxy.__about__", "ikproxy.protocol", "ikproxy.deprecation"),
     ("ikproxy.errors", "ikproxy.codecs"),
     ("ikproxy.io", "ikproxy.model"),
+    ("ikproxy.telemetry",),
     ("ikproxy.concurrency", "ikproxy.fetch"),
     ("ikproxy.stores",),
     ("ikproxy.deployments",),
