@@ -6,6 +6,7 @@ so every test reads only what its own proxy recorded.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -67,3 +68,19 @@ class Recorder:
                     if metric_.name == metric:
                         points += list(metric_.data.data_points)
         return points
+
+
+@functools.cache
+def global_recorder() -> Recorder:
+    """A `Recorder` set as OpenTelemetry's global providers, once per test session.
+
+    For what reports to the global providers (the SCALE client's spans, the stores'
+    metrics); OpenTelemetry refuses to replace a global provider, so it is made once
+    and tests compare its figures before and after.
+    """
+    from opentelemetry import metrics, trace
+
+    recorder = Recorder()
+    trace.set_tracer_provider(recorder.tracer_provider)
+    metrics.set_meter_provider(recorder.meter_provider)
+    return recorder

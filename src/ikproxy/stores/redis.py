@@ -30,6 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ikproxy.stores.base import Append, RunInfo, StoreUnavailable
+from ikproxy.telemetry.spans import store_call
 
 __all__ = ["RedisStore"]
 
@@ -216,12 +217,14 @@ class RedisStore:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
 
     @contextlib.asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
-        """Turn redis-py's connection failures into `StoreUnavailable`."""
-        try:
-            yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+    async def _guard(self, operation: str = "command") -> AsyncIterator[None]:
+        """Turn redis-py's connection failures into `StoreUnavailable`; time the call
+        (`ikproxy.store.duration`, by `operation`) and count its failures."""
+        with store_call(operation):
+            try:
+                yield
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                raise StoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
 
     def _run_keys(self, run: str) -> tuple[str, str, str]:
         base = f"{self.prefix}:run:{{{run}}}"
@@ -267,7 +270,7 @@ class RedisStore:
     ) -> list[tuple[int, dict[str, Any]]]:
         _, log, _ = self._run_keys(run)
         block = _ms(min(max(timeout, 0.001), _MAX_BLOCK))
-        async with self._guard():
+        async with self._guard("blocking_read"):
             reply: Any = await self._c.blocking.xread({log: f"{after}-0"}, count=limit, block=block)
         events: list[tuple[int, dict[str, Any]]] = []
         for _name, entries in reply or []:
