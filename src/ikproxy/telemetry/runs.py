@@ -79,7 +79,7 @@ class RunObserver:
         self._first_at: float | None = None
         self.started_at = time.time()
         self._start = time.perf_counter()
-        self._attributes = {"task": task or ""}
+        self._attributes = {"task": task} if task else {}
         self._span: Any = None
         if telemetry.tracer is not None:
             attributes = {"ikproxy.task": task or "", "ikproxy.deployment": deployment}
