@@ -1,6 +1,7 @@
 """The `ikproxy` command: run the demo, serve a SCALE deployment, or consume any stream.
 
-    ikproxy demo [--host H] [--port P]          the demo page on the local demo deployment
+    ikproxy demo [--host H] [--port P] [--metrics]
+                                                the demo page on the local demo deployment
     ikproxy serve --endpoint URL [--host H] [--port P]    the same page on a SCALE deployment
     ikproxy run URL --param prompt=... [--image PATH] [--output out.png] [--format sse|ndjson]
     ikproxy --version
@@ -68,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
         "deployment instead.",
     )
     _add_server_options(demo)
+    demo.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also serve the OpenTelemetry metrics as a Prometheus page at /metrics/ "
+        "(needs ikproxy[prometheus])",
+    )
     demo.set_defaults(handler=_demo)
 
     serve = commands.add_parser(
@@ -136,7 +143,15 @@ def _demo(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     label = "demo" if deployment is None else "demo (on the SCALE deployment in IKOMIA_ENDPOINT)"
-    return _serve(lambda: create_demo_app(deployment), args.host, args.port, label)
+    if args.metrics:
+        from ikproxy.demo.metrics import MISSING, available
+
+        if not available():
+            raise _UsageError(MISSING)
+        label += " (metrics at /metrics/)"
+    return _serve(
+        lambda: create_demo_app(deployment, metrics=args.metrics), args.host, args.port, label
+    )
 
 
 def _serve_scale(args: argparse.Namespace) -> int:
