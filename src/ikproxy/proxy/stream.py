@@ -252,6 +252,7 @@ class RunStream:
             await self._iterator.aclose()
         elif not self._started:
             self._started = True
+            self._ended("disconnected")  # never sent: its client left before it started
             await aclose(self._stream)
 
     def _claim(self) -> None:

@@ -83,7 +83,9 @@ class RunObserver:
         self._span: Any = None
         if telemetry.tracer is not None:
             attributes = {"ikproxy.task": task or "", "ikproxy.deployment": deployment}
-            self._span = telemetry.tracer.start_span("ikproxy.run", attributes=attributes)
+            span = telemetry.tracer.start_span("ikproxy.run", attributes=attributes)
+            # Without an SDK the span is the API's invalid one: nothing to carry or end.
+            self._span = span if span.get_span_context().is_valid else None
 
     @contextlib.contextmanager
     def current(self) -> Iterator[None]:

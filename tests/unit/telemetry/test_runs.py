@@ -255,6 +255,16 @@ async def test_a_client_that_leaves_is_disconnected_on_the_iterator_path() -> No
 
 
 @pytest.mark.anyio
+async def test_a_stream_closed_before_it_started_is_disconnected() -> None:
+    recorder, ends = Recorder(), Ends()
+    stream = RunStream(_endless(), _observed(recorder, ends))
+    await stream.aclose()  # the server gave up on the response before sending it
+    [summary] = await anyio.to_thread.run_sync(ends.wait)
+    assert (summary.outcome, summary.events, summary.bytes) == ("disconnected", 0, 0)
+    assert recorder.total("ikproxy.runs.active") == 0
+
+
+@pytest.mark.anyio
 async def test_a_stream_cancelled_by_its_server_is_disconnected() -> None:
     recorder, ends = Recorder(), Ends()
     stream = RunStream(_endless(), _observed(recorder, ends))

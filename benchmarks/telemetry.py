@@ -1,0 +1,111 @@
+"""What ikproxy's OpenTelemetry instrumentation costs the server, in one run.
+
+    ./dev bench telemetry         # or: .venv/bin/python benchmarks/telemetry.py [--quick]
+
+Server CPU time (user + system, read from /proc) for 300 concurrent streams of 20
+events each, through the whole proxy under one uvicorn worker, in three setups:
+
+- (a) `nosdk`: the instrumentation with the OpenTelemetry API and no SDK;
+- (b) `sdk`: the SDK configured, with the Prometheus reader and a span processor
+  that drops every span;
+- (c) `before`: the code before the instrumentation, commit f98c6d9 (extracted with
+  `git archive` into a temporary folder and put first on the server's PYTHONPATH).
+
+Each setup gets a fresh server per round, which measures a few loads in a row after a
+warm-up one; the rounds are interleaved so that noise from other processes hits all
+three setups. The ratios are the medians of each round's own ratios. Targets:
+(a) within 3% of (c), (b) at most 1.20x (a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from _procs import HERE, cpu_seconds, free_port, serving
+
+BEFORE = "f98c6d9"
+MODES = ("before", "nosdk", "sdk")
+NAMES = {"before": "(c) before", "nosdk": "(a) API, no SDK", "sdk": "(b) SDK + Prometheus"}
+
+
+def _extract_before(folder: Path) -> Path:
+    """The source tree of `BEFORE` in `folder`; its `src` to put on PYTHONPATH."""
+    archive = subprocess.run(
+        ["git", "archive", BEFORE, "src"], cwd=HERE.parent, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder / "src"
+
+
+async def _load(url: str, streams: int) -> int:
+    """`streams` concurrent runs to their end; the events received."""
+    limits = httpx.Limits(max_connections=streams + 10, max_keepalive_connections=streams + 10)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+
+        async def one() -> int:
+            async with http.stream("GET", "/run", params={"prompt": "x"}) as response:
+                body = b"".join([chunk async for chunk in response.aiter_raw()])
+            assert response.status_code == 200, response.status_code
+            assert b"event: result" in body, body[-200:]
+            return body.count(b"\nid: ")
+
+        return sum(await asyncio.gather(*(one() for _ in range(streams))))
+
+
+def _round(mode: str, streams: int, before: Path, loads: int) -> float:
+    """Server CPU seconds for one load of `streams` streams (the mean of `loads` loads in a
+    row, after one warm-up load)."""
+    port = free_port()
+    env = {**os.environ, "IKPROXY_BENCH_MODE": mode}
+    if mode == "before":
+        env["PYTHONPATH"] = os.pathsep.join([str(before), env.get("PYTHONPATH", "")])
+    command = [
+        *(sys.executable, "-m", "uvicorn", "_telemetry_app:app", "--port", str(port)),
+        *("--no-access-log", "--log-level", "warning", "--backlog", "2048"),
+    ]
+    with serving(command, port, env=env) as (url, pid):
+        asyncio.run(_load(url, streams))  # warm-up: imports, first-use caches
+        start = cpu_seconds(pid)
+        events = sum(asyncio.run(_load(url, streams)) for _ in range(loads))
+        used = cpu_seconds(pid) - start
+    assert events == loads * streams * 20, events
+    return used / loads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 2 loads, not 7 of 4")
+    parser.add_argument("--streams", type=int, default=300)
+    args = parser.parse_args()
+    rounds, loads = (3, 2) if args.quick else (7, 4)
+    samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+    with tempfile.TemporaryDirectory() as folder:
+        before = _extract_before(Path(folder))
+        for n in range(rounds):
+            for mode in MODES:
+                samples[mode].append(_round(mode, args.streams, before, loads))
+            print(f"round {n + 1}/{rounds}: " + ", ".join(
+                f"{mode} {samples[mode][-1]:.3f} s" for mode in MODES
+            ), flush=True)  # fmt: skip
+    median = {mode: statistics.median(samples[mode]) for mode in MODES}
+    print(f"\nserver CPU for {args.streams} concurrent streams of 20 events (median of {rounds})")
+    for mode in MODES:
+        print(f"  {NAMES[mode]:24} {median[mode]:.3f} s")
+    # Paired: each round's ratio (its three servers ran back to back), then the median.
+    a_c = statistics.median(a / c for a, c in zip(samples["nosdk"], samples["before"], strict=True))
+    b_a = statistics.median(b / a for b, a in zip(samples["sdk"], samples["nosdk"], strict=True))
+    print(f"\n  (a) / (c) = {a_c:.3f}   target <= 1.03   {'ok' if a_c <= 1.03 else 'MISSED'}")
+    print(f"  (b) / (a) = {b_a:.3f}   target <= 1.20   {'ok' if b_a <= 1.20 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
