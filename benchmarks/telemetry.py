@@ -11,9 +11,10 @@ events each, through the whole proxy under one uvicorn worker, in three setups:
 - (c) `before`: the code before the instrumentation, commit f98c6d9 (extracted with
   `git archive` into a temporary folder and put first on the server's PYTHONPATH).
 
-Each setup gets a fresh server per round, which measures a few loads in a row after a
-warm-up one; the rounds are interleaved so that noise from other processes hits all
-three setups. The ratios are the medians of each round's own ratios. Targets:
+The three servers run side by side (each idle while another is measured) after a
+warm-up load each; every round loads each of them once, back to back, in an order that
+rotates, so that noise from other processes hits the three alike. The ratios are the
+medians of each round's own ratios. Targets:
 (a) within 3% of (c), (b) at most 1.20x (a).
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -61,38 +63,48 @@ async def _load(url: str, streams: int) -> int:
         return sum(await asyncio.gather(*(one() for _ in range(streams))))
 
 
-def _round(mode: str, streams: int, before: Path, loads: int) -> float:
-    """Server CPU seconds for one load of `streams` streams (the mean of `loads` loads in a
-    row, after one warm-up load)."""
-    port = free_port()
-    env = {**os.environ, "IKPROXY_BENCH_MODE": mode}
-    if mode == "before":
-        env["PYTHONPATH"] = os.pathsep.join([str(before), env.get("PYTHONPATH", "")])
-    command = [
+def _command(port: int) -> list[str]:
+    return [
         *(sys.executable, "-m", "uvicorn", "_telemetry_app:app", "--port", str(port)),
         *("--no-access-log", "--log-level", "warning", "--backlog", "2048"),
     ]
-    with serving(command, port, env=env) as (url, pid):
-        asyncio.run(_load(url, streams))  # warm-up: imports, first-use caches
-        start = cpu_seconds(pid)
-        events = sum(asyncio.run(_load(url, streams)) for _ in range(loads))
-        used = cpu_seconds(pid) - start
-    assert events == loads * streams * 20, events
-    return used / loads
+
+
+def _env(mode: str, before: Path) -> dict[str, str]:
+    env = {**os.environ, "IKPROXY_BENCH_MODE": mode}
+    if mode == "before":
+        env["PYTHONPATH"] = os.pathsep.join([str(before), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _cpu_of_one_load(url: str, pid: int, streams: int) -> float:
+    start = cpu_seconds(pid)
+    events = asyncio.run(_load(url, streams))
+    used = cpu_seconds(pid) - start
+    assert events == streams * 20, events
+    return used
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 2 loads, not 7 of 4")
+    parser.add_argument("--quick", action="store_true", help="6 rounds instead of 21")
     parser.add_argument("--streams", type=int, default=300)
     args = parser.parse_args()
-    rounds, loads = (3, 2) if args.quick else (7, 4)
+    rounds = 6 if args.quick else 21
     samples: dict[str, list[float]] = {mode: [] for mode in MODES}
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
         before = _extract_before(Path(folder))
+        servers = {}
+        for mode in MODES:
+            port = free_port()
+            servers[mode] = stack.enter_context(
+                serving(_command(port), port, env=_env(mode, before))
+            )
+            asyncio.run(_load(servers[mode][0], args.streams))  # warm-up: imports, caches
         for n in range(rounds):
-            for mode in MODES:
-                samples[mode].append(_round(mode, args.streams, before, loads))
+            order = MODES[n % 3 :] + MODES[: n % 3]  # each setup first, second, third in turn
+            for mode in order:
+                samples[mode].append(_cpu_of_one_load(*servers[mode], args.streams))
             print(f"round {n + 1}/{rounds}: " + ", ".join(
                 f"{mode} {samples[mode][-1]:.3f} s" for mode in MODES
             ), flush=True)  # fmt: skip
@@ -100,7 +112,7 @@ def main() -> None:
     print(f"\nserver CPU for {args.streams} concurrent streams of 20 events (median of {rounds})")
     for mode in MODES:
         print(f"  {NAMES[mode]:24} {median[mode]:.3f} s")
-    # Paired: each round's ratio (its three servers ran back to back), then the median.
+    # Paired: each round's ratio (its three loads ran back to back), then the median.
     a_c = statistics.median(a / c for a, c in zip(samples["nosdk"], samples["before"], strict=True))
     b_a = statistics.median(b / a for b, a in zip(samples["sdk"], samples["nosdk"], strict=True))
     print(f"\n  (a) / (c) = {a_c:.3f}   target <= 1.03   {'ok' if a_c <= 1.03 else 'MISSED'}")

@@ -110,6 +110,7 @@ class Telemetry:
         #: Whether anything is recorded (the API is installed and not switched off).
         self.enabled = api is not None
         self.tracer: Any = None
+        self._global_tracing = False
         self.runs_active: Any = _Noop()
         self.runs: Any = _Noop()
         self.refused: Any = _Noop()
@@ -125,9 +126,20 @@ class Telemetry:
         if api is None:
             return
         self.tracer = api.trace.get_tracer("ikproxy", __version__, tracer_provider)
+        self._global_tracing = tracer_provider is None
         meter = api.metrics.get_meter("ikproxy", __version__, meter_provider)
         for attribute, metric in METRICS.items():
             setattr(self, attribute, _make(meter, metric))
+
+    def tracing(self) -> bool:
+        """Whether spans go anywhere: a tracer provider given, or an SDK set as the global one
+        (checked each time: the application may set it after ikproxy started)."""
+        if self.tracer is None:
+            return False
+        if not self._global_tracing:
+            return True
+        api = otel_api()
+        return not isinstance(api.trace.get_tracer_provider(), api.trace.ProxyTracerProvider)
 
 
 def _make(meter: Any, metric: Metric) -> Any:

@@ -81,7 +81,7 @@ class RunObserver:
         self._start = time.perf_counter()
         self._attributes = {"task": task} if task else {}
         self._span: Any = None
-        if telemetry.tracer is not None:
+        if telemetry.tracing():
             attributes = {"ikproxy.task": task or "", "ikproxy.deployment": deployment}
             span = telemetry.tracer.start_span("ikproxy.run", attributes=attributes)
             # Without an SDK the span is the API's invalid one: nothing to carry or end.

@@ -26,7 +26,7 @@ def span(
 ) -> Iterator[Any]:
     """A child span `name` around the block (None when telemetry is off); errors set its status."""
     telemetry = telemetry or default_telemetry()
-    if telemetry.tracer is None:
+    if not telemetry.tracing():
         yield None
         return
     with telemetry.tracer.start_as_current_span(name, attributes=attributes) as current:
