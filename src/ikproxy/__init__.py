@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ikproxy.fetch import Fetched, fetch_url
     from ikproxy.io import BaseIO, FileIO, ImageIO, RefIO, StorageObjectIO, TaskIO
     from ikproxy.model import Progress, Results, State
+    from ikproxy.telemetry import RunSummary, Telemetry
 
 #: Where each top-level name lives; it is imported on first use, so that importing
 #: `ikproxy.codecs` (or `ikproxy` itself) loads no client, framework or image library.
@@ -57,6 +58,7 @@ _LAZY: dict[str, str] = {
     "RefIO": "ikproxy.io",
     "Results": "ikproxy.model",
     "RunNotFound": "ikproxy.errors",
+    "RunSummary": "ikproxy.telemetry",
     "RunTimeout": "ikproxy.errors",
     "State": "ikproxy.model",
     "StorageError": "ikproxy.errors",
@@ -67,6 +69,7 @@ _LAZY: dict[str, str] = {
     "SyncClient": "ikproxy.deployments.scale",
     "TaskFailed": "ikproxy.deployments.local",
     "TaskIO": "ikproxy.io",
+    "Telemetry": "ikproxy.telemetry",
     "Update": "ikproxy.deployments.local",
     "UpstreamConnectionError": "ikproxy.errors",
     "UpstreamError": "ikproxy.errors",
@@ -93,6 +96,7 @@ __all__ = [
     "RefIO",
     "Results",
     "RunNotFound",
+    "RunSummary",
     "RunTimeout",
     "State",
     "StorageError",
@@ -103,6 +107,7 @@ __all__ = [
     "SyncClient",
     "TaskFailed",
     "TaskIO",
+    "Telemetry",
     "Update",
     "UpstreamConnectionError",
     "UpstreamError",

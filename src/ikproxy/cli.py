@@ -1,6 +1,7 @@
 """The `ikproxy` command: run the demo, serve a SCALE deployment, or consume any stream.
 
-    ikproxy demo [--host H] [--port P]          the demo page on the local demo deployment
+    ikproxy demo [--host H] [--port P] [--metrics]
+                                                the demo page on the local demo deployment
     ikproxy demo --workers N                    ... its tasks on N Celery workers (and a Redis)
     ikproxy serve --endpoint URL [--host H] [--port P]    the same page on a SCALE deployment
     ikproxy run URL --param prompt=... [--image PATH] [--output out.png] [--format sse|ndjson]
@@ -77,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run the tasks on N Celery workers, with a redis-server, all started here "
         "and stopped on exit (needs redis-server and ikproxy[celery])",
     )
+    demo.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also serve the OpenTelemetry metrics as a Prometheus page at /metrics/ "
+        "(needs ikproxy[prometheus])",
+    )
     demo.set_defaults(handler=_demo)
 
     serve = commands.add_parser(
@@ -140,6 +147,11 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from ikproxy.demo.app import create_demo_app, deployment_from_env
 
+    if args.metrics:
+        from ikproxy.demo.metrics import MISSING, available
+
+        if not available():
+            raise _UsageError(MISSING)
     if args.workers:
         return _demo_on_workers(args)
     try:
@@ -147,7 +159,11 @@ def _demo(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     label = "demo" if deployment is None else "demo (on the SCALE deployment in IKOMIA_ENDPOINT)"
-    return _serve(lambda: create_demo_app(deployment), args.host, args.port, label)
+    if args.metrics:
+        label += " (metrics at /metrics/)"
+    return _serve(
+        lambda: create_demo_app(deployment, metrics=args.metrics), args.host, args.port, label
+    )
 
 
 def _demo_on_workers(args: argparse.Namespace) -> int:
@@ -159,7 +175,14 @@ def _demo_on_workers(args: argparse.Namespace) -> int:
             from ikproxy.demo.workers import deployment
 
             label = f"demo (on {args.workers} Celery worker{'s' if args.workers > 1 else ''})"
-            return _serve(lambda: create_demo_app(deployment), args.host, args.port, label)
+            if args.metrics:
+                label += " (metrics at /metrics/)"
+            return _serve(
+                lambda: create_demo_app(deployment, metrics=args.metrics),
+                args.host,
+                args.port,
+                label,
+            )
     except ClusterError as exc:
         raise _UsageError(str(exc)) from None
 

@@ -187,6 +187,7 @@ class Live:
     fake_url: str
     seen: list[bytes]
     output: list[str] = field(default_factory=list)  # the server's, as it comes
+    run_ends: Path | None = None  # where the apps' on_run_end hook writes its summaries
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, timeout=20)
@@ -198,7 +199,9 @@ class Live:
 
 
 @pytest.fixture(scope="module", params=_cases())
-def live(request: pytest.FixtureRequest) -> Iterator[Live]:
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Live]:
     case: Case = request.param
     missing = [
         n
@@ -211,9 +214,12 @@ def live(request: pytest.FixtureRequest) -> Iterator[Live]:
     fake = FakeScale(token=_config.FAKE_TOKEN, next_poll_in=100, polls_before_done=3)
     with fake.serve() as fake_url:
         port = free_port()
+        ends = tmp_path_factory.mktemp("ends") / "run-ends.jsonl"
         env = {"CONFORMANCE_FAKE_URL": fake_url, "PYTHONPATH": str(ROOT), **case.env}
+        env["CONFORMANCE_RUN_ENDS"] = str(ends)
         with running_server(case.command(port), ready=case.ready, env=env) as proc:
             live = Live(case, f"http://127.0.0.1:{port}", fake, fake_url, [], proc.all_output)
+            live.run_ends = ends
             yield live
             _assert_no_secret(live)
 
@@ -612,3 +618,59 @@ async def test_hostile_input_gets_a_clean_4xx(live: Live) -> None:
         if problem:
             wrong[case.name] = problem
     assert wrong == {}
+
+
+def _run_ends(live: Live, request_ids: set[str], timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The hook's summaries of these requests, once there is one of each (or the timeout)."""
+    assert live.run_ends is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        text = live.run_ends.read_text() if live.run_ends.exists() else ""
+        mine = [e for e in map(json.loads, text.splitlines()) if e["request_id"] in request_ids]
+        if {e["request_id"] for e in mine} >= request_ids or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.05)
+
+
+async def test_the_run_end_hook_runs_once_per_run_in_every_ending(live: Live) -> None:
+    ids = {name: uuid.uuid4().hex for name in ("result", "failed", "left", "refused")}
+
+    def headers(name: str) -> dict[str, str]:
+        return {**_fresh(), "X-Request-ID": ids[name]}
+
+    async with live.client() as http:
+        ok = await http.get("/api/run", params={"prompt": "x"}, headers=headers("result"))
+        assert b"event: result" in ok.content
+        live.fake.fail("poll", status=520, body={"message": "failed"})
+        failed = await http.get("/api/run", params={"prompt": "x"}, headers=headers("failed"))
+        assert b"event: error" in failed.content
+        assert (await http.get("/api/run", headers=headers("refused"))).status_code == 400
+        live.fake.polls_before_done = 100_000
+        try:
+            async with http.stream(
+                "GET", "/api/run", params={"prompt": "x"}, headers=headers("left")
+            ) as response:
+                chunks = response.aiter_bytes()
+                async for chunk in chunks:
+                    if b"event: progress" in chunk:
+                        break
+            ends = _run_ends(live, {ids["result"], ids["failed"], ids["left"]})
+        finally:
+            live.fake.polls_before_done = 3
+    outcomes = sorted((e["request_id"], e["outcome"]) for e in ends)
+    assert outcomes == sorted(
+        [
+            (ids["result"], "result"),
+            (ids["failed"], "workflow_failed"),
+            (ids["left"], "disconnected"),
+        ]
+    )
+    for end in ends:
+        assert end["request"] != "NoneType"  # the framework's own request
+        assert end["task"] is None
+        assert end["caller_key"] is not None  # the rate limit's key: X-Client
+        assert end["duration"] >= 0
+        assert end["upstream_run_id"]
+    by_id = {e["request_id"]: e for e in ends}
+    assert by_id[ids["result"]]["bytes"] == len(ok.content)
+    assert by_id[ids["result"]]["events"] == ok.content.count(b"\nid: ")

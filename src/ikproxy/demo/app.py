@@ -33,6 +33,7 @@ from ikproxy.asgi import create_app
 from ikproxy.deployments import Deployment, SupportsRunLog
 from ikproxy.policy.limits import TokenBucket
 from ikproxy.policy.params import Param
+from ikproxy.telemetry import Telemetry
 
 __all__ = ["MAX_PROMPT_LENGTH", "Tool", "app_from_env", "create_demo_app", "deployment_from_env"]
 
@@ -79,7 +80,9 @@ def _prompt(required: bool) -> Param:
     return Param(str, required=required, max_length=MAX_PROMPT_LENGTH)
 
 
-def _local_routes(deployment: Deployment) -> tuple[list[BaseRoute], list[Tool]]:
+def _local_routes(
+    deployment: Deployment, telemetry: Telemetry | None
+) -> tuple[list[BaseRoute], list[Tool]]:
     limit = TokenBucket(rate=1.0, burst=20)
     # On workers, runs live in the shared store: resumable on any instance.
     shared: dict[str, Any] = {}
@@ -87,6 +90,7 @@ def _local_routes(deployment: Deployment) -> tuple[list[BaseRoute], list[Tool]]:
         shared["resume_window"] = 60.0
     generate = create_app(
         deployment,
+        telemetry=telemetry,
         task="generate",
         parameters={"prompt": _prompt(True), "seed": Param(int, minimum=0, maximum=2**32 - 1)},
         max_inputs=0,
@@ -95,6 +99,7 @@ def _local_routes(deployment: Deployment) -> tuple[list[BaseRoute], list[Tool]]:
     )
     edges = create_app(
         deployment,
+        telemetry=telemetry,
         task="edges",
         parameters={"strength": Param(float, minimum=0.1, maximum=10.0)},
         max_inputs=1,
@@ -124,9 +129,12 @@ def _local_routes(deployment: Deployment) -> tuple[list[BaseRoute], list[Tool]]:
     return [Mount("/api/edges", app=edges), Mount("/api", app=generate)], tools
 
 
-def _remote_routes(deployment: Deployment) -> tuple[list[BaseRoute], list[Tool]]:
+def _remote_routes(
+    deployment: Deployment, telemetry: Telemetry | None
+) -> tuple[list[BaseRoute], list[Tool]]:
     app = create_app(
         deployment,
+        telemetry=telemetry,
         parameters={"prompt": _prompt(False)},
         max_inputs=1,
         max_upload_bytes=MAX_UPLOAD_BYTES,
@@ -143,24 +151,34 @@ def _remote_routes(deployment: Deployment) -> tuple[list[BaseRoute], list[Tool]]
     return [Mount("/api", app=app)], [tool]
 
 
-def create_demo_app(deployment: Deployment | None = None) -> Starlette:
+def create_demo_app(deployment: Deployment | None = None, *, metrics: bool = False) -> Starlette:
     """The demo app: the page at `/`, the proxy at `/api`.
 
     Without a deployment: the local demo deployment (`ikproxy.demo`); the demo's
     tasks on Celery workers (`ikproxy.demo.workers.deployment`) get the same
     layout. Any other deployment (a SCALE `Client`) gets the one-form layout;
-    it is closed when the app shuts down.
+    it is closed when the app shuts down. With `metrics`, its OpenTelemetry
+    metrics are served as a Prometheus page at `/metrics/` (`ikproxy.demo.metrics`;
+    ImportError without them).
     """
+    telemetry: Telemetry | None = None
+    extra: list[BaseRoute] = []
+    if metrics:
+        from ikproxy.demo.metrics import prometheus
+
+        telemetry, metrics_app = prometheus()
+        extra.append(Mount("/metrics", app=metrics_app))
     if deployment is None or isinstance(deployment, SupportsRunLog):
         if deployment is None:
             from ikproxy.demo.tasks import deployment as demo_deployment
 
             deployment = demo_deployment
-        routes, tools = _local_routes(deployment)
+        routes, tools = _local_routes(deployment, telemetry)
         backend = "local"
     else:
-        routes, tools = _remote_routes(deployment)
+        routes, tools = _remote_routes(deployment, telemetry)
         backend = "scale"
+    routes = extra + routes
     config = {
         "backend": backend,
         "maxPromptLength": MAX_PROMPT_LENGTH,

@@ -24,6 +24,7 @@ from ikproxy.policy.params import (
     model_parameters,
 )
 from ikproxy.stores import Store
+from ikproxy.telemetry import RunEndHook, Telemetry
 
 __all__ = ["Authorize", "Policy", "policy_problems"]
 
@@ -88,6 +89,11 @@ class Policy:
       as stored outputs always do; None inlines every image. `output_window`: how
       long after the run such URLs work, in seconds. `presigned_outputs`: hand out
       the storage's own presigned URL for a stored output instead of streaming it.
+    * `on_run_end(request, summary)`: called once per started run after its end (a
+      `RunSummary`: outcome, caller, duration, events and bytes sent...), for billing
+      and audit; sync or async, run in the background, its errors logged.
+    * `telemetry`: the OpenTelemetry providers ikproxy reports to (a `Telemetry`);
+      None: the global ones, as the application configures them.
 
     Every option is checked when the policy is made: an unknown one, or a bad
     value, raises `PolicyError` naming it ("did you mean `max_active_runs`?").
@@ -122,6 +128,8 @@ class Policy:
     inline_output_limit: int | None = 1_000_000
     output_window: float = 300.0
     presigned_outputs: bool = False
+    on_run_end: RunEndHook | None = None
+    telemetry: Telemetry | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for option in dataclasses.fields(self):
@@ -160,13 +168,15 @@ class Policy:
     @property
     def keys_callers(self) -> bool:
         """Whether a caller's key (`rate_limit_key`) is needed: for the rate limit, the
-        active-run cap, or the resumable runs (sealed or in the store) bound to it."""
+        active-run cap, the resumable runs (sealed or in the store) bound to it, or the
+        summary `on_run_end` receives."""
         return (
             self.rate_limit is not None
             or self.max_active_runs is not None
             or self.resume_secret is not None
             or self.resume_limiter is not None
             or (self.resume_window is not None and self.rate_limit_key is not None)
+            or self.on_run_end is not None
         )
 
     def validate(self, raw: Mapping[str, Any], *, from_text: bool) -> dict[str, Any]:

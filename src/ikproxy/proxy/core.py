@@ -21,17 +21,15 @@ import contextlib
 import dataclasses
 import functools
 import inspect
-import json
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Mapping
 from importlib import resources
-from typing import Any, Final, Generic, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 from urllib.parse import parse_qsl
 
 from ikproxy.__about__ import __version__
-from ikproxy.concurrency import aclose, blocking_portal, iterate_in_portal
+from ikproxy.concurrency import aclose, blocking_portal
 from ikproxy.deployments import Deployment, SupportsAttach
 from ikproxy.deployments.scale.storage import Storage
 from ikproxy.errors import HTTPError, RunNotFound, public_error
@@ -39,7 +37,6 @@ from ikproxy.model import Progress
 from ikproxy.policy.config import Policy
 from ikproxy.protocol import (
     PROTOCOL_VERSION,
-    error_body,
     new_request_id,
     parse_position,
 )
@@ -47,6 +44,13 @@ from ikproxy.proxy.access import Access, with_headers
 from ikproxy.proxy.outputs import Opener, OutputStore, by_reference, serve_any, storage_opener
 from ikproxy.proxy.parsing import negotiate_format, read_run_request, read_run_request_sync
 from ikproxy.proxy.request import ProxyRequest, RunSpec
+from ikproxy.proxy.response import (
+    ProxyResponse,
+    SyncProxyResponse,
+    error_response,
+    json_response,
+    to_sync,
+)
 from ikproxy.proxy.starting import open_stream, prepend, shared_outputs_for, store_for
 from ikproxy.proxy.stream import RunStream, StreamFormat, StreamOptions, stream_headers
 from ikproxy.proxy.uploads import UploadDir, resolve_inputs
@@ -56,6 +60,8 @@ from ikproxy.runs.ownership import Attach
 from ikproxy.runs.registry import Followable, RunRegistry
 from ikproxy.runs.sealed import SEALED_PREFIX, ExpiredReference, InvalidReference, Sealer
 from ikproxy.stores import Store, StoreUnavailable
+from ikproxy.telemetry import RunObserver, default_telemetry
+from ikproxy.telemetry.logs import bind_request, install_log_context
 
 __all__ = [
     "METHODS",
@@ -75,7 +81,6 @@ _ASSETS = {
     "/ikproxy.js": ("ikproxy.js", "text/javascript; charset=utf-8"),
     "/ikproxy.d.ts": ("ikproxy.d.ts", "application/typescript; charset=utf-8"),
 }
-_JSON = "application/json"
 
 #: The methods each endpoint allows (`/outputs/`: every path under it); others get a 405.
 _ALLOWED: Final[Mapping[str, tuple[str, ...]]] = {
@@ -88,55 +93,6 @@ _ALLOWED: Final[Mapping[str, tuple[str, ...]]] = {
 
 #: The methods a surface routes to the core, so that every one gets the same 405.
 METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
-
-B = TypeVar("B")
-
-
-@dataclass
-class _Answer(Generic[B]):
-    """A status, headers, and a body: bytes, or a stream of byte chunks of type `B`."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes | B = b""
-
-    @property
-    def media_type(self) -> str | None:
-        return self.headers.get("Content-Type")
-
-    @property
-    def streaming(self) -> bool:
-        return not isinstance(self.body, bytes)
-
-    def headers_without_content_type(self) -> dict[str, str]:
-        """The headers but `Content-Type`, which most frameworks take as its own argument."""
-        return {k: v for k, v in self.headers.items() if k != "Content-Type"}
-
-
-@dataclass
-class ProxyResponse(_Answer[AsyncIterator[bytes]]):
-    """What to send back: a status, headers, and either bytes or an async byte stream."""
-
-
-@dataclass
-class SyncProxyResponse(_Answer[Iterator[bytes]]):
-    """`ProxyResponse` for WSGI: the stream is a sync iterator driven through the portal."""
-
-
-def _json_response(
-    status: int, obj: Any, headers: Mapping[str, str] | None = None
-) -> ProxyResponse:
-    body = json.dumps(obj, separators=(",", ":")).encode()
-    return ProxyResponse(status, {"Content-Type": _JSON, **(headers or {})}, body)
-
-
-def error_response(error: HTTPError, request_id: str | None = None) -> ProxyResponse:
-    """The JSON answer to a refused request: `{"error": {...}}`, its status and headers."""
-    headers = dict(error.headers)
-    if request_id:
-        headers["X-Request-ID"] = request_id
-    return _json_response(error.status, error_body(error.code, error.message, request_id), headers)
 
 
 class Proxy:
@@ -153,10 +109,15 @@ class Proxy:
         self.store: Store = store_for(self.policy, deployment)
         #: The site check, the access hooks, the rate limits and CORS (`proxy.access`).
         self.access = Access(self.policy, self.store)
-        window = self.policy.resume_window
+        #: Where the runs' traces and metrics go (`ikproxy.telemetry`).
+        self.telemetry = self.policy.telemetry or default_telemetry()
+        install_log_context()
+        window, attach, telemetry = self.policy.resume_window, self._attacher(), self.telemetry
         #: The resumable runs, when `resume_window` is set.
         self.runs: RunRegistry | None = (
-            RunRegistry(window, store=self.store, attach=self._attacher()) if window else None
+            RunRegistry(window, store=self.store, attach=attach, telemetry=telemetry)
+            if window
+            else None
         )
         if self.runs is not None:  # the policy names its callers: a run is its caller's
             self.runs.bind_callers = self.policy.rate_limit_key is not None
@@ -186,20 +147,28 @@ class Proxy:
         self, request: ProxyRequest, body: AsyncIterable[bytes] | None = None
     ) -> ProxyResponse:
         """Answer one request; hooks may be sync or async. Never raises for bad input."""
-        request_id = new_request_id(request.header("x-request-id"))
+        request_id = bind_request(new_request_id(request.header("x-request-id")))
+        obs: RunObserver | None = None
         try:
             route = self._route(request)
             if inspect.isawaitable(route):
                 route = await route
-            response = route or await self._run(request, body, request_id)
+            if route is None:
+                obs = self._observe(request, request_id)
+                route = await self._run(request, body, request_id, obs)
+            response = route
         except HTTPError as exc:
-            response = error_response(exc, request_id)
+            response = self._refuse(exc, request_id, obs)
         except StoreUnavailable as exc:
-            response = error_response(_store_unavailable(exc), request_id)
+            response = self._refuse(_store_unavailable(exc), request_id, obs)
         return self._cors(request, response)
 
     async def _run(
-        self, request: ProxyRequest, body: AsyncIterable[bytes] | None, request_id: str
+        self,
+        request: ProxyRequest,
+        body: AsyncIterable[bytes] | None,
+        request_id: str,
+        obs: RunObserver,
     ) -> ProxyResponse:
         """A `/run` request: the site check, the hooks (the caller's key, once), then a resume
         or a new run."""
@@ -207,12 +176,12 @@ class Proxy:
         key = await _value(self.access.admit(request))
         position = self._resume_position(request)
         if position is not None:
-            return await self._resume(*position, request_id, key)
+            return await self._resume(*position, request_id, key, obs)
         uploads = UploadDir(self.deployment)
         try:
             spec = await read_run_request(request, body, self.policy, request_id, uploads)
             await resolve_inputs(spec.inputs, self.policy, uploads)
-            return await self._start(spec, key, _base(request), uploads)
+            return await self._start(spec, key, _base(request), uploads, obs)
         except BaseException:
             uploads.close()
             raise
@@ -225,20 +194,28 @@ class Proxy:
         The hooks therefore see the framework's request context (Flask's
         `request`, Django's `request.user`).
         """
-        request_id = new_request_id(request.header("x-request-id"))
+        request_id = bind_request(new_request_id(request.header("x-request-id")))
+        obs: RunObserver | None = None
         try:
             route = self._route(request)
             if inspect.isawaitable(route):
                 route = blocking_portal().call(_later, route)
-            response = route or self._run_sync(request, body, request_id)
+            if route is None:
+                obs = self._observe(request, request_id)
+                route = self._run_sync(request, body, request_id, obs)
+            response = route
         except HTTPError as exc:
-            response = error_response(exc, request_id)
+            response = self._refuse(exc, request_id, obs)
         except StoreUnavailable as exc:
-            response = error_response(_store_unavailable(exc), request_id)
-        return _sync(self._cors(request, response))
+            response = self._refuse(_store_unavailable(exc), request_id, obs)
+        return to_sync(self._cors(request, response))
 
     def _run_sync(
-        self, request: ProxyRequest, body: Iterable[bytes] | None, request_id: str
+        self,
+        request: ProxyRequest,
+        body: Iterable[bytes] | None,
+        request_id: str,
+        obs: RunObserver,
     ) -> ProxyResponse:
         """`_run` from a sync caller: the hooks here, what is async through the portal."""
         self.access.check_site(request)
@@ -247,15 +224,34 @@ class Proxy:
             key = blocking_portal().call(_value, key)
         position = self._resume_position(request)
         if position is not None:
-            return blocking_portal().call(self._resume, *position, request_id, key)
+            return blocking_portal().call(self._resume, *position, request_id, key, obs)
         uploads = UploadDir(self.deployment)
         try:
             spec = read_run_request_sync(request, body, self.policy, request_id, uploads)
             blocking_portal().call(resolve_inputs, spec.inputs, self.policy, uploads)
-            return blocking_portal().call(self._start, spec, key, _base(request), uploads)
+            return blocking_portal().call(self._start, spec, key, _base(request), uploads, obs)
         except BaseException:
             uploads.close()
             raise
+
+    def _observe(self, request: ProxyRequest, request_id: str) -> RunObserver:
+        """The telemetry and accounting of the run `request` asks for."""
+        return RunObserver(
+            self.telemetry,
+            request_id,
+            task=self.policy.task,
+            deployment=type(self.deployment).__name__,
+            native=request.native,
+            on_end=self.policy.on_run_end,
+        )
+
+    def _refuse(self, error: HTTPError, request_id: str, obs: RunObserver | None) -> ProxyResponse:
+        """The answer to a request refused before its stream, counted by its code."""
+        if obs is not None:
+            obs.refused(error.code)
+        else:
+            self.telemetry.refused.add(1, {"code": error.code})
+        return error_response(error, request_id)
 
     def _cors(self, request: ProxyRequest, response: ProxyResponse) -> ProxyResponse:
         """`response` with the CORS headers for the request's origin, if it is allowed."""
@@ -287,7 +283,7 @@ class Proxy:
         if path == "/run":
             return None
         if path == "/health":
-            return _json_response(
+            return json_response(
                 200, {"status": "ok", "protocol": PROTOCOL_VERSION, "version": __version__}
             )
         if output:
@@ -301,7 +297,12 @@ class Proxy:
     # -- running ------------------------------------------------------------------
 
     async def _start(
-        self, spec: RunSpec, key: str | None, base: str = "", uploads: UploadDir | None = None
+        self,
+        spec: RunSpec,
+        key: str | None,
+        base: str = "",
+        uploads: UploadDir | None = None,
+        obs: RunObserver | None = None,
     ) -> ProxyResponse:
         """Accept the run, submit it and wait for its first progress, so a refusal is a real
         HTTP error.
@@ -311,6 +312,14 @@ class Proxy:
         fails to start gives its token back. The run owns `uploads` (its files):
         they are removed when its stream ends.
         """
+        with obs.current() if obs is not None else contextlib.nullcontext():
+            return await self._submit(spec, key, base, uploads, obs)
+
+    async def _submit(
+        self, spec: RunSpec, key: str | None, base: str, uploads: UploadDir | None, obs: Any
+    ) -> ProxyResponse:
+        if obs is not None and key is not None:
+            obs.caller_key = key
         policy = self.policy
         slot, log = await self._accept(spec, key)
         window = self.runs.window if self.runs is not None else None
@@ -328,7 +337,7 @@ class Proxy:
                     await log.delete()
             raise
         headers = stream_headers(spec.format, spec.request_id)
-        options = StreamOptions.from_policy(policy, spec.format, spec.request_id)
+        options = StreamOptions.from_policy(policy, spec.format, spec.request_id, obs)
         if self.sealer is not None and key is not None and first is not None and first.uuid:
             # The upstream keeps the run: its event ids carry a sealed reference to it.
             body = self._sealed(prepend(first, stream), first.uuid, key, options, 0)
@@ -421,7 +430,13 @@ class Proxy:
         return position[0], position[1], format
 
     async def _resume(
-        self, token: str, seen: int, format: StreamFormat, request_id: str, key: str | None
+        self,
+        token: str,
+        seen: int,
+        format: StreamFormat,
+        request_id: str,
+        key: str | None,
+        obs: RunObserver | None = None,
     ) -> ProxyResponse:
         """The stream of a run resumed after its first `seen` events, on any instance.
 
@@ -429,14 +444,19 @@ class Proxy:
         a token of the caller's resume limit, not of its run limit.
         """
         assert self.runs is not None
-        options = StreamOptions.from_policy(self.policy, format, request_id)
+        if obs is not None:
+            obs.resumed, obs.caller_key = True, key
+        options = StreamOptions.from_policy(self.policy, format, request_id, obs)
         if self.sealer is not None and token.startswith(SEALED_PREFIX):
             reference = token[len(SEALED_PREFIX) :]
-            return await self._resume_sealed(reference, seen, str(key), options)
+            with obs.current() if obs is not None else contextlib.nullcontext():
+                return await self._resume_sealed(reference, seen, str(key), options)
         run = await self.runs.find(token, key)
         if run is None:  # unknown, expired, or another caller's: the same answer
             raise _gone()
         await self.access.charge_resume(key)
+        if obs is not None:
+            obs.source = run
         body = self._follow(run, options, run.resume_point(seen))
         return ProxyResponse(200, stream_headers(format, request_id), body)
 
@@ -497,13 +517,6 @@ class Proxy:
 def _asset(name: str) -> bytes:
     """A file of the package's `static/` folder, read once per process."""
     return resources.files("ikproxy").joinpath("static").joinpath(name).read_bytes()
-
-
-def _sync(response: ProxyResponse) -> SyncProxyResponse:
-    """A response for sync callers: a streamed body is iterated through the portal."""
-    if isinstance(response.body, bytes):
-        return SyncProxyResponse(response.status, response.headers, response.body)
-    return SyncProxyResponse(response.status, response.headers, iterate_in_portal(response.body))
 
 
 def _base(request: ProxyRequest) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -37,6 +38,7 @@ from ikproxy.protocol import (
     SSE_MEDIA_TYPE,
     new_request_id,
 )
+from ikproxy.telemetry import RunObserver
 
 __all__ = [
     "IdPrefix",
@@ -63,7 +65,8 @@ _QUEUE_SIZE = 64
 class StreamOptions:
     """How a run is sent: its wire format, keepalive interval (seconds), the `retry:`
     delay it asks of an `EventSource` (ms, None: none), its request id (None: a new
-    one), its deadline (seconds, None: none), and whether the run outlives its client."""
+    one), its deadline (seconds, None: none), whether the run outlives its client, and
+    who observes it (its telemetry and run-end hook, `ikproxy.telemetry`)."""
 
     format: StreamFormat = "sse"
     keepalive: float = 15.0
@@ -71,11 +74,19 @@ class StreamOptions:
     request_id: str | None = None
     timeout: float | None = None
     finish_on_disconnect: bool = False
+    observer: RunObserver | None = None
 
     @classmethod
-    def from_policy(cls, policy: Policy, format: StreamFormat, request_id: str) -> StreamOptions:
+    def from_policy(
+        cls,
+        policy: Policy,
+        format: StreamFormat,
+        request_id: str,
+        observer: RunObserver | None = None,
+    ) -> StreamOptions:
         """The options `policy` sets (read when called: an adapter may tune it after start)."""
         return cls(
+            observer=observer,
             format=format,
             keepalive=policy.keepalive,
             retry_ms=policy.retry_ms,
@@ -192,6 +203,11 @@ class RunStream:
         self.request_id = options.request_id or new_request_id()
         self._iterator: AsyncGenerator[bytes, None] | None = None
         self._started = False
+        #: What the run's observer is told at its end: its outcome, events and bytes sent.
+        self._observer = options.observer
+        self._outcome = "disconnected"
+        self._events = 0
+        self._sent = 0
 
     # -- encoding, shared by both paths ------------------------------------------
 
@@ -200,6 +216,9 @@ class RunStream:
         kind, obj = _as_wire(item)
         if obj.get("state") == State.FAILURE:
             raise WorkflowFailed("the upstream reported a FAILURE state")
+        self._events += 1
+        if self._events == 1 and self._observer is not None:
+            self._observer.first_event(obj)
         return self._encoder.event(kind, obj), kind == RESULT
 
     def _encode_error(self, exc: BaseException) -> bytes:
@@ -207,7 +226,14 @@ class RunStream:
         if not getattr(exc, "logged", False):
             logger.error("run failed [request_id=%s code=%s]", self.request_id, code, exc_info=exc)
         body = {"code": code, "message": message, "request_id": self.request_id}
+        self._events += 1
+        self._outcome = code
         return self._encoder.event(ERROR, body)
+
+    def _ended(self, outcome: str) -> None:
+        """Tell the observer, once, how the stream ended."""
+        if self._observer is not None:
+            self._observer.end(outcome, self._events, self._sent)
 
     # -- the iterator path ----------------------------------------------------------
 
@@ -226,6 +252,7 @@ class RunStream:
             await self._iterator.aclose()
         elif not self._started:
             self._started = True
+            self._ended("disconnected")  # never sent: its client left before it started
             await aclose(self._stream)
 
     def _claim(self) -> None:
@@ -247,6 +274,8 @@ class RunStream:
                 with deadline(self.options.timeout):
                     async for item in upstream:
                         chunk, done = self._encode(item)
+                        if done:
+                            self._outcome = "result"
                         await put(chunk)
                         if done:
                             break
@@ -260,10 +289,17 @@ class RunStream:
             # Not reached when cancelled: nobody is reading then.
             await put(_END)
 
+        observer = self._observer
+        # The producer runs in the run's trace (its context is copied when it is made).
+        token = observer.streaming() if observer is not None else None
         producer = asyncio.get_running_loop().create_task(produce())
+        if observer is not None:
+            observer.detach(token)
+        finished = False
         try:
             preamble = self._encoder.preamble(self.options.retry_ms)
             if preamble:
+                self._sent += len(preamble)
                 yield preamble
             while True:
                 if queue.empty():
@@ -271,11 +307,14 @@ class RunStream:
                     with anyio.move_on_after(self.options.keepalive):
                         chunk = await queue.get()
                     if chunk is None:
-                        yield self._encoder.keepalive()
+                        keepalive = self._encoder.keepalive()
+                        self._sent += len(keepalive)
+                        yield keepalive
                         continue
                 else:
                     chunk = queue.get_nowait()
                 if isinstance(chunk, _End):
+                    finished = True
                     return
                 # Events that are ready together go out in one write.
                 parts, size, ended = [chunk], len(chunk), False
@@ -286,10 +325,14 @@ class RunStream:
                         break
                     parts.append(more)
                     size += len(more)
-                yield parts[0] if len(parts) == 1 else b"".join(parts)
+                out = parts[0] if len(parts) == 1 else b"".join(parts)
+                self._sent += len(out)
+                yield out
                 if ended:
+                    finished = True
                     return
         finally:
+            self._ended(self._outcome if finished else "disconnected")
             if not producer.done():
                 if self.options.finish_on_disconnect:
                     detached = True
@@ -320,6 +363,9 @@ class RunStream:
                     await self.aclose()
             return
         self._claim()
+        observer = self._observer
+        token = observer.streaming() if observer is not None else None
+        finished = False
         writer = _KeepaliveWriter(
             write,
             self.options.keepalive,
@@ -338,13 +384,19 @@ class RunStream:
                         chunk, done = self._encode(item)
                         await writer.write(chunk)
                         if done:
+                            self._outcome, finished = "result", True
                             return
             except Exception as exc:
                 if writer.broken:
                     raise
                 await writer.write(self._encode_error(exc))
+                finished = True
         finally:
             writer.close()
+            self._sent = writer.sent
+            if observer is not None:
+                observer.detach(token)
+            self._ended(self._outcome if finished else _stopped())
             with anyio.CancelScope(shield=True):
                 await aclose(upstream)
 
@@ -376,6 +428,8 @@ class _KeepaliveWriter:
         first = min(prefix_delay, interval) if prefix else interval
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(first, self._tick)
         self.broken = False
+        #: Bytes written so far.
+        self.sent = 0
 
     def _tick(self) -> None:
         idle = self._loop.time() - self._last
@@ -388,6 +442,7 @@ class _KeepaliveWriter:
     async def _send_alone(self, payload: bytes) -> None:
         try:
             await self._write(payload)
+            self.sent += len(payload)
             self._last = self._loop.time()
         except Exception:
             self.broken = True  # the next write raises too; the disconnect ends the run
@@ -404,6 +459,7 @@ class _KeepaliveWriter:
         except BaseException:
             self.broken = True
             raise
+        self.sent += len(chunk)
         self._last = self._loop.time()
 
     def close(self) -> None:
@@ -440,6 +496,17 @@ def to_readable_stream(
         finish_on_disconnect=finish_on_disconnect,
     )
     return RunStream(stream, options)
+
+
+def _stopped() -> str:
+    """How a stream that ended without its terminal event ended: its client left, or
+    (Python 3.11+: the upstream was cancelled while nobody cancelled this task) the run
+    was cancelled on the server's side."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and not cancelling() and sys.exc_info()[0] is asyncio.CancelledError:
+        return "cancelled"
+    return "disconnected"
 
 
 #: Producers of runs whose client left while `finish_on_disconnect` holds.

@@ -36,6 +36,7 @@ import anyio
 from ikproxy.model import Progress
 from ikproxy.redaction import fingerprint
 from ikproxy.stores import RunInfo, Store, StoreUnavailable
+from ikproxy.telemetry import Telemetry, default_telemetry
 
 __all__ = [
     "CHECK_EVERY",
@@ -178,6 +179,7 @@ class Takeover:
         adopt: Adopt,
         ttl: float,
         grace: float = GRACE,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
         self.instance = instance
@@ -188,36 +190,41 @@ class Takeover:
         self.clock: Callable[[], float] = time.monotonic
         self._vacant: dict[str, float] = {}  # token: when its lease was first seen vacant
         self._taking: set[str] = set()
+        #: Counts the runs taken over and lost (`ikproxy.resumes`).
+        self.telemetry = telemetry or default_telemetry()
 
-    async def check(self, token: str, info: RunInfo) -> None:
-        """Take the run over if its owner's lease has been vacant for `grace` (no-op otherwise)."""
+    async def check(self, token: str, info: RunInfo) -> bool:
+        """Take the run over if its owner's lease has been vacant for `grace` (no-op otherwise).
+
+        True when this call took it over to go on with it here.
+        """
         if info.done or await self.store.lease_owner(lease_name(token)) is not None:
             self._vacant.pop(token, None)
-            return
+            return False
         now = self.clock()
         if len(self._vacant) >= _MAX_WATCHED:
             self._vacant.clear()  # bounded memory; a check or two more is the price
         since = self._vacant.setdefault(token, now)
         if now - since < self.grace:
-            return
+            return False
         del self._vacant[token]
         if token in self._taking:
-            return  # another follower here is taking it
+            return False  # another follower here is taking it
         self._taking.add(token)
         try:
-            await self._take(token)
+            return await self._take(token)
         finally:
             self._taking.discard(token)
 
-    async def _take(self, token: str) -> None:
+    async def _take(self, token: str) -> bool:
         lease = OwnerLease(self.store, token, self.instance)
         if not await lease.acquire():
-            return  # another instance took it first
+            return False  # another instance took it first
         try:
             current = await self.store.run_info(token)
             if current is None or current.done:
                 await lease.release()
-                return
+                return False
             logged = await self.store.read_events(
                 token, 0, timeout=0.001, limit=max(current.count, 1)
             )
@@ -226,13 +233,16 @@ class Takeover:
             if self.attach is not None and uuid is not None:
                 logger.warning("taking over a run whose owner is gone [run=%s]", fingerprint(token))
                 self.adopt(token, events, self.attach(uuid), current)
-                return
+                self.telemetry.resumes.add(1, {"outcome": "taken_over"})
+                return True
             logger.error("a run was lost with its owner [run=%s]", fingerprint(token))
             await self._end_lost(token, current)
+            self.telemetry.resumes.add(1, {"outcome": "lost"})
         except BaseException:
             await lease.release()
             raise
         await lease.release()
+        return False
 
     async def _end_lost(self, token: str, info: RunInfo) -> None:
         """Log `LOST` as the run's terminal event, after whatever it holds now."""

@@ -42,6 +42,7 @@ from ikproxy.redaction import fingerprint
 from ikproxy.runs.log import LogWriter, RunLog
 from ikproxy.runs.ownership import CHECK_EVERY, Attach, OwnerLease, Takeover
 from ikproxy.stores import MemoryStore, RunInfo, Store, StoreUnavailable
+from ikproxy.telemetry import Telemetry
 
 __all__ = ["LogWriter", "RunLog", "RunRegistry", "SharedRun", "StoredRun"]
 
@@ -308,6 +309,8 @@ class StoredRun:
         #: How the events are read: the store's `read_events`, or a reader sharing one
         #: connection among the followers of an instance (`ikproxy.stores.tail`).
         self.read = read or store.read_events
+        #: Whether this instance took the run over while following it.
+        self.taken_over = False
 
     @property
     def count(self) -> int:
@@ -355,8 +358,10 @@ class StoredRun:
                             )
                         elif info.done and after >= info.count:
                             return
-                        elif self.takeover is not None:
-                            await self.takeover.check(self.token, info)
+                        elif self.takeover is not None and await self.takeover.check(
+                            self.token, info
+                        ):
+                            self.taken_over = True
                 except StoreUnavailable as exc:
                     trouble_since = trouble_since or now
                     if now - trouble_since > window:
@@ -414,6 +419,7 @@ class RunRegistry:
         max_events: int = 10_000,
         attach: Attach | None = None,
         bind_callers: bool = False,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if window <= 0:
             raise ValueError("resume_window must be a positive number of seconds")
@@ -432,7 +438,14 @@ class RunRegistry:
         #: Takes over the followed runs whose owner died, with a shared store. `attach`
         #: (a `SupportsAttach` deployment's) lets it go on with those it can follow upstream.
         self.takeover = (
-            Takeover(self.store, self.instance, attach=attach, adopt=self.adopt, ttl=window)
+            Takeover(
+                self.store,
+                self.instance,
+                attach=attach,
+                adopt=self.adopt,
+                ttl=window,
+                telemetry=telemetry,
+            )
             if self.store.shared
             else None
         )

@@ -34,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ikproxy.redaction import redact_url
 from ikproxy.stores.base import Append, RunInfo, StoreUnavailable
+from ikproxy.telemetry.spans import store_call
 
 __all__ = ["RedisStore"]
 
@@ -237,20 +238,23 @@ class RedisStore:
         return f"RedisStore({redact_url(self.url)!r}, prefix={self.prefix!r})"
 
     @contextlib.asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
+    async def _guard(self, operation: str = "command") -> AsyncIterator[None]:
         """Turn redis-py's failures into `StoreUnavailable`: connection errors, timeouts and
-        error replies alike (OOM under `maxmemory`, READONLY on a replica, BUSY scripts).
+        error replies alike (OOM under `maxmemory`, READONLY on a replica, BUSY scripts);
+        time the call (`ikproxy.store.duration`, by `operation`) and count its failures.
 
         Not chained: redis-py's own exception names the command and its keys (run
         tokens), and a logged traceback would show it; the scrubbed text says the rest.
         """
-        try:
-            yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"{self._where()} is unreachable: {self._scrub(exc)}") from None
-        except RedisError as exc:
-            what = f"{self._where()} refused a command ({type(exc).__name__})"
-            raise StoreUnavailable(f"{what}: {self._scrub(exc)}") from None
+        with store_call(operation):
+            try:
+                yield
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                where = self._where()
+                raise StoreUnavailable(f"{where} is unreachable: {self._scrub(exc)}") from None
+            except RedisError as exc:
+                what = f"{self._where()} refused a command ({type(exc).__name__})"
+                raise StoreUnavailable(f"{what}: {self._scrub(exc)}") from None
 
     def _where(self) -> str:
         return f"Redis at {redact_url(self.url)}"
@@ -309,7 +313,7 @@ class RedisStore:
     ) -> list[tuple[int, dict[str, Any]]]:
         _, log, _ = self._run_keys(run)
         block = _ms(min(max(timeout, 0.001), _MAX_BLOCK))
-        async with self._guard():
+        async with self._guard("blocking_read"):
             reply: Any = await self._c.blocking.xread({log: f"{after}-0"}, count=limit, block=block)
         events: list[tuple[int, dict[str, Any]]] = []
         for _name, entries in reply or []:

@@ -7,13 +7,16 @@ SCALE server whose URL is in `CONFORMANCE_FAKE_URL`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 from ikproxy import Client
 from ikproxy.policy import AccessDenied, Param, TokenBucket
+from ikproxy.telemetry import RunSummary
 
 FAKE_TOKEN = "conformance-token-5ecret"
 API_KEY = "conformance-key"
@@ -50,6 +53,18 @@ def rate_limit_key(request: Any) -> str:
     return str(request.headers.get("x-client") or "anonymous")
 
 
+_ends = threading.Lock()
+
+
+def on_run_end(request: Any, summary: RunSummary) -> None:
+    """Append the summary as a JSON line to the file in `CONFORMANCE_RUN_ENDS`, if set."""
+    path = os.environ.get("CONFORMANCE_RUN_ENDS")
+    if path:
+        line = json.dumps({**summary.__dict__, "request": type(request).__name__})
+        with _ends, open(path, "a") as file:
+            file.write(line + "\n")
+
+
 def policy() -> dict[str, Any]:
     """Keyword arguments for `Proxy` / every adapter factory."""
     return {
@@ -61,4 +76,5 @@ def policy() -> dict[str, Any]:
         "keepalive": 0.5,
         "timeout": 60.0,
         "allowed_origins": [ALLOWED_ORIGIN],
+        "on_run_end": on_run_end,
     }

@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -327,3 +328,28 @@ def test_the_python_consumer_example(demo: str, tmp_path: Path) -> None:
     assert refused.stderr.startswith(
         "error: invalid_parameter: parameter 'prompt' is longer than 500 characters (request "
     )
+
+
+def test_demo_with_metrics_serves_prometheus_after_a_run() -> None:
+    port = free_port()
+    command = ["-m", "ikproxy", "demo", "--port", str(port), "--metrics"]
+    with running_server(command, ready=r"running at http://", env=NO_SCALE) as server:
+        banner = f"ikproxy demo (metrics at /metrics/) running at http://127.0.0.1:{port}/\n"
+        assert banner in server.output  # type: ignore[attr-defined]
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=30) as http:
+            assert http.get("/api/run").status_code == 400
+            run = http.get("/api/run", params={"prompt": "a lighthouse"})
+            assert b"event: result" in run.content
+            page = http.get("/metrics/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/plain")
+    assert re.search(
+        r'ikproxy_requests_refused_total\{code="invalid_parameter"[^}]*\} 1\.0', page.text
+    )
+    assert "ikproxy_runs_total{" in page.text
+    assert "ikproxy_run_duration_seconds_bucket{" in page.text
+
+
+def test_demo_without_metrics_has_no_metrics_page(demo: str) -> None:
+    assert httpx.get(f"{demo}/metrics/").status_code == 404

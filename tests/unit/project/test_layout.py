@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ikproxy.redaction",),
     ("ikproxy.errors", "ikproxy.codecs"),
     ("ikproxy.io", "ikproxy.model"),
+    ("ikproxy.telemetry",),
     ("ikproxy.concurrency", "ikproxy.fetch"),
     ("ikproxy.stores",),
     ("ikproxy.deployments",),

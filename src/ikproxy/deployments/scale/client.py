@@ -62,6 +62,7 @@ from ikproxy.errors import (
 )
 from ikproxy.io import InputLike
 from ikproxy.model import Progress, Results
+from ikproxy.telemetry.spans import span
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -274,14 +275,15 @@ class Client:
         if store_outputs:
             wanted = [entry | {"save_temporary": True} for entry in wanted]
         body = run_body(values, wanted, target, encoded)
-        _, raw = await limit.run(
-            self._http.request,
-            "PUT",
-            "/api/run",
-            "the run request",
-            params={"advice": "true"},
-            body=body,
-        )
+        with span("ikproxy.scale.submit"):
+            _, raw = await limit.run(
+                self._http.request,
+                "PUT",
+                "/api/run",
+                "the run request",
+                params={"advice": "true"},
+                body=body,
+            )
         answer = parse_run_answer(raw)
         uuid = answer.uuid
         assert uuid is not None
@@ -370,9 +372,10 @@ class Client:
         failures = 0
         while True:
             try:
-                status, raw = await limit.run(
-                    self._http.request, "GET", path, "the poll", params=params
-                )
+                with span("ikproxy.scale.poll"):
+                    status, raw = await limit.run(
+                        self._http.request, "GET", path, "the poll", params=params
+                    )
                 return parse_poll_answer(status, raw)
             except (UpstreamConnectionError, UpstreamTimeout, UpstreamHTTPError) as exc:
                 if isinstance(exc, UpstreamHTTPError) and exc.status_code == 404:

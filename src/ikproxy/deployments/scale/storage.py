@@ -45,6 +45,8 @@ from ikproxy.errors import (
     UpstreamError,
 )
 from ikproxy.io import FileIO, StorageObjectIO
+from ikproxy.telemetry import default_telemetry
+from ikproxy.telemetry.spans import span
 
 if TYPE_CHECKING:
     from anyio.from_thread import BlockingPortal
@@ -127,9 +129,11 @@ class Storage:
         self, method: str, path: str | None, body: IO[bytes] | bytes, content_type: str
     ) -> StorageObject:
         # httpx streams a file part from disk in 64 KiB chunks, with a Content-Length.
-        response = await self._request(
-            method, self._route(path), "the upload", files={"file": (None, body, content_type)}
-        )
+        with span("ikproxy.scale.upload"):
+            response = await self._request(
+                method, self._route(path), "the upload", files={"file": (None, body, content_type)}
+            )
+        default_telemetry().uploads_bytes.add(_sent(body))
         return StorageObject.from_json(response_json(response, "the upload"))
 
     @asynccontextmanager
@@ -422,6 +426,16 @@ class SyncStorage:
     def read_bytes(self, ref: ObjectRef) -> bytes:
         result: bytes = self._call(self._storage.read_bytes, ref)
         return result
+
+
+def _sent(body: IO[bytes] | bytes) -> int:
+    """How many bytes an upload's body held (a file read to its end: where it stands)."""
+    if isinstance(body, bytes):
+        return len(body)
+    try:
+        return body.tell()
+    except (OSError, ValueError):
+        return 0
 
 
 def _guess_content_type(name: str | None, content: object) -> str:

@@ -20,6 +20,8 @@ from ikproxy.deployments.scale.objects import (
     response_json,
 )
 from ikproxy.errors import StorageError
+from ikproxy.telemetry import default_telemetry
+from ikproxy.telemetry.spans import span
 
 if TYPE_CHECKING:
     from ikproxy.deployments.scale.http import ScaleHTTP
@@ -40,11 +42,14 @@ class UploadStream:
         self._result: StorageObject | None = None
         self._error: Exception | None = None
         self._ended = False
+        #: Bytes written so far.
+        self.sent = 0
 
     async def write(self, data: bytes) -> None:
         """Send `data`; raises the upload's error if it has failed already."""
         try:
             await self._send.send(data)
+            self.sent += len(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             await self._done.wait()
             raise self._failure() from None
@@ -79,17 +84,19 @@ class UploadStream:
         tail = f"\r\n--{boundary}--\r\n".encode("latin-1")
         try:
             # Sent once (a one-shot body): a 401 is not retried here but raised.
-            response = await http.authorised(
-                method,
-                url,
-                "the upload",
-                PEER,
-                retry=False,
-                content=self._body(head, tail),
-                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-            )
+            with span("ikproxy.scale.upload"):
+                response = await http.authorised(
+                    method,
+                    url,
+                    "the upload",
+                    PEER,
+                    retry=False,
+                    content=self._body(head, tail),
+                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+                )
             raise_for_status(response, "the upload")
             self._result = StorageObject.from_json(response_json(response, "the upload"))
+            default_telemetry().uploads_bytes.add(self.sent)
         except Exception as exc:
             self._error = exc
         finally:
