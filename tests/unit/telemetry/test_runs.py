@@ -35,6 +35,7 @@ from ikproxy.runs.ownership import Takeover
 from ikproxy.stores import MemoryStore
 from ikproxy.telemetry import RunObserver, RunSummary
 from tests.support.deployments import ScriptedDeployment, default_script
+from tests.support.servers import serving
 from tests.support.telemetry import Recorder
 
 
@@ -310,18 +311,28 @@ async def test_an_upstream_cancelled_on_its_own_is_cancelled() -> None:
 def test_a_resumed_run_reports_each_stream_and_counts_the_resume() -> None:
     recorder, ends = Recorder(), Ends()
     deployment = ScriptedDeployment(hold=True)
-    with _client(deployment, recorder, resume_window=30, on_run_end=ends) as client:
+    app = create_app(
+        deployment, telemetry=recorder.telemetry, parameters={"prompt": str}, rate_limit=None,
+        resume_window=30, on_run_end=ends,
+    )  # fmt: skip
+    # A real server: the stream is read while its run is held (see `serving`).
+    with serving(Starlette(routes=[Mount("/api", app=app)])) as client:
         with client.stream("GET", "/api/run", params={"prompt": "x"}) as response:
-            first = next(response.iter_bytes())
-            assert b"id: " in first
+            first = b""
+            for chunk in response.iter_bytes():
+                first += chunk
+                if b"\nid: " in first and first.endswith(b"\n\n"):
+                    break
         last_id = first.split(b"id: ")[-1].split(b"\n")[0].decode()
+        [dropped] = ends.wait(1)  # the server saw its client leave while the run was held
         deployment.release.set()
         resumed = client.get("/api/run", headers={"last-event-id": last_id})
         gone = client.get("/api/run", headers={"last-event-id": "nope:1"})
     assert b"event: result" in resumed.content
     assert gone.status_code == 410
+    assert (dropped.outcome, dropped.resumed) == ("disconnected", False)
     first_end, second_end = sorted(ends.wait(2), key=lambda s: s.resumed)
-    assert (first_end.outcome, first_end.resumed) == ("disconnected", False)
+    assert first_end is dropped
     assert (second_end.outcome, second_end.resumed) == ("result", True)
     assert recorder.points("ikproxy.resumes") == {
         frozenset({("outcome", "resumed")}): 1,
