@@ -56,6 +56,11 @@ from tests.docs.world import SCALE_ENDPOINT, World, world
 
 #: Blocks not run: id -> (a piece of the block's code, what it needs that a test must not use).
 SKIP: dict[str, tuple[str, str]] = {
+    "examples/prometheus/README.md#2": (
+        'sqlite3 billing.sqlite3 "SELECT * FROM usage"',
+        "reads the example's own server and its billing file; the example's test"
+        " (tests/integration/library/test_prometheus_recipe.py) runs these steps",
+    ),
     "docs/guides/celery.md#5": (
         'outputs_location="s3://my-bucket/ikproxy-outputs"',
         "writes to an S3 bucket of the reader's (the network)",

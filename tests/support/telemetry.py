@@ -80,7 +80,24 @@ def global_recorder() -> Recorder:
     """
     from opentelemetry import metrics, trace
 
+    from ikproxy.telemetry import default_telemetry
+
+    _reset_globals()
     recorder = Recorder()
     trace.set_tracer_provider(recorder.tracer_provider)
     metrics.set_meter_provider(recorder.meter_provider)
+    default_telemetry.cache_clear()  # its instruments came from the providers before
     return recorder
+
+
+def _reset_globals() -> None:
+    """Forget the global providers an earlier test set (the docs' recipes set them, as an
+    application does), as OpenTelemetry's own test utilities do: it sets them once only."""
+    from opentelemetry import trace
+    from opentelemetry.metrics import _internal as metrics_internal
+    from opentelemetry.util._once import Once
+
+    trace._TRACER_PROVIDER_SET_ONCE = Once()  # type: ignore[attr-defined]
+    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
+    metrics_internal._METER_PROVIDER_SET_ONCE = Once()
+    metrics_internal._METER_PROVIDER = None
