@@ -14,7 +14,7 @@ elsewhere and write their own events to a shared store (Celery workers) is
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, aclosing
 from typing import Any, Protocol, runtime_checkable
 
 from ikproxy.io import FileIO, InputLike
@@ -27,6 +27,7 @@ __all__ = [
     "SupportsAttach",
     "SupportsRunLog",
     "SupportsStreamingUpload",
+    "results_of",
 ]
 
 
@@ -129,3 +130,12 @@ class SupportsRunLog(Protocol):
         timeout: float | None = None,
         ttl: float,
     ) -> AsyncIterator[Progress]: ...
+
+
+async def results_of(stream: AsyncIterator[Progress]) -> Results:
+    """The results of a run's stream, read to its end (what a deployment's `run` returns)."""
+    async with aclosing(stream):  # type: ignore[type-var]
+        async for progress in stream:
+            if progress.results is not None:
+                return progress.results
+    raise RuntimeError("the run ended without results")  # pragma: no cover

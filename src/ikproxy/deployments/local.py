@@ -70,6 +70,7 @@ from uuid import uuid4
 import anyio
 import anyio.lowlevel
 
+from ikproxy.deployments import results_of
 from ikproxy.deployments.runner import Done, TaskRun, task_items
 from ikproxy.deployments.tasks import (
     Task,
@@ -224,12 +225,9 @@ class LocalDeployment:
         timeout: float | None = None,
     ) -> Results:
         """Run a task to completion and return its results."""
-        stream = self.run_stream(*inputs, parameters=parameters, task=task, timeout=timeout)
-        async with aclosing(stream):
-            async for progress in stream:
-                if progress.results is not None:
-                    return progress.results
-        raise RuntimeError("the run ended without results")  # pragma: no cover
+        return await results_of(
+            self.run_stream(*inputs, parameters=parameters, task=task, timeout=timeout)
+        )
 
     def run_sync(
         self,

@@ -45,6 +45,7 @@ import anyio
 import anyio.to_thread
 
 from ikproxy.concurrency import aclose
+from ikproxy.deployments import results_of
 from ikproxy.deployments.celery.worker import WorkerLoop, execute
 from ikproxy.deployments.runner import TaskRun
 from ikproxy.deployments.tasks import Task, TaskTable, task_decorator
@@ -242,12 +243,9 @@ class CeleryDeployment:
         timeout: float | None = None,
     ) -> Results:
         """Run a task to completion and return its results."""
-        stream = self.run_stream(*inputs, parameters=parameters, task=task, timeout=timeout)
-        async with aclosing(stream):
-            async for progress in stream:
-                if progress.results is not None:
-                    return progress.results
-        raise RuntimeError("the run ended without results")  # pragma: no cover
+        return await results_of(
+            self.run_stream(*inputs, parameters=parameters, task=task, timeout=timeout)
+        )
 
     async def run_logged(
         self,
