@@ -6,7 +6,7 @@ import warnings
 
 __all__ = ["MOVED", "warn_moved"]
 
-#: Every module path that moved in 0.3, with its new home; the old path warns for one release.
+#: Every module path that moved in 0.2, with its new home; the old path warns for one release.
 MOVED: dict[str, str] = {
     "ikproxy.caps": "ikproxy.runs.caps",
     "ikproxy.images": "ikproxy.proxy.images",

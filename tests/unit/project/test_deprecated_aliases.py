@@ -1,4 +1,4 @@
-"""The module paths that moved in 0.3 stay as aliases that warn, each in a fresh interpreter
+"""The module paths that moved in 0.2 stay as aliases that warn, each in a fresh interpreter
 (a module warns once, when first imported): `-W error` turns the warning into the import's
 failure, naming the new path; otherwise the alias hands out the new module's objects."""
 
