@@ -15,6 +15,7 @@ Every key has a TTL. Each write is one Lua script or one pipeline: one round tri
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import json
@@ -263,7 +264,12 @@ class RedisStore:
         """redis-py's message, safe to log: its first line, without the command a pipeline
         names (its keys hold run tokens), any `{hash tag}`, or the URL's password."""
         text = (str(exc).splitlines() or [type(exc).__name__])[0]
-        text = _HASH_TAG.sub("{...}", text.rpartition(" caused error: ")[2])[:200]
+        text = text.rpartition(" caused error: ")[2]
+        if text.startswith("(") and text.endswith(",)"):  # redis-py 8.1: the reply's args
+            with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
+                reply = ast.literal_eval(text)
+                text = str(reply[0]) if isinstance(reply, tuple) and reply else text
+        text = _HASH_TAG.sub("{...}", text)[:200]
         password = urlsplit(self.url).password if "@" in self.url else None
         for secret in {password, unquote(password)} if password else ():
             text = text.replace(secret, "***")
