@@ -28,6 +28,10 @@ from hypothesis import HealthCheck, settings
 # `ci`: derandomized and modest, the default. `fuzz`: long and random, for a session of
 # hunting (HYPOTHESIS_PROFILE=fuzz ./dev test tests/unit/codecs/test_fuzz_codecs.py tests/unit/proxy/test_fuzz_parsing.py).
 settings.register_profile("ci", derandomize=True, max_examples=100, deadline=None, print_blob=True)
+# `matrix`: what `./dev matrix` uses on the other Pythons (the default one runs `ci`).
+settings.register_profile(
+    "matrix", derandomize=True, max_examples=25, deadline=None, print_blob=True
+)
 settings.register_profile(
     "fuzz",
     max_examples=20_000,
